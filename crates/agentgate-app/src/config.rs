@@ -1,0 +1,611 @@
+//! Configuration: defaults, then the TOML file, then `AGENTGATE_<SECTION>__<KEY>`
+//! environment overrides; then validation into a typed [`Config`]. Any fault is a
+//! [`ConfigError`] naming the key, and the binary exits 64.
+//!
+//! The environment is passed in as a map ([`Env`]), so tests never touch the process
+//! environment.
+
+mod dev_key;
+mod file;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentgate_auth::{ApiKey, Authenticator, Issuer, KeyKind, Policy, SigningKey, VerifyKey, parse_alg, parse_jwks};
+
+pub use dev_key::{DEV_ISSUER, agentgate_home, dev_key_path, load_or_create_dev_key};
+use file::{ConfigFile, JwtFile};
+
+/// The process environment, as a map.
+pub type Env = BTreeMap<String, String>;
+
+/// A configuration fault, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config error at `{key}`: {message}")]
+pub struct ConfigError {
+    /// The key path (`server.listen`, `auth.jwt[0].secret_env`, an environment
+    /// variable name, or the file).
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+/// `server.profile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Detailed messages, inline secrets and `*` origins allowed, dev key allowed.
+    Development,
+    /// Refuses inline secrets, `*` origins and dev keys.
+    Production,
+}
+
+/// `server.failure_mode` (PROTOCOL.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Close frames for requests with `Origin`, HTTP otherwise.
+    Auto,
+    /// Always HTTP responses.
+    Http,
+    /// Always upgrade and close.
+    Close,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `host:port` to bind.
+    pub listen: String,
+    /// Where to write the bound address.
+    pub addr_file: Option<PathBuf>,
+    /// The profile.
+    pub profile: Profile,
+    /// Allowed `Origin` values (exact match).
+    pub allowed_origins: Vec<String>,
+    /// `"*"` was listed.
+    pub allow_any_origin: bool,
+    /// How pre-upgrade rejections are delivered.
+    pub failure_mode: FailureMode,
+    /// Largest accepted frame.
+    pub max_message_bytes: usize,
+    /// Time allowed for closes on shutdown.
+    pub shutdown_grace: Duration,
+    /// Separate metrics listener.
+    pub metrics_listen: Option<String>,
+}
+
+/// `[auth]` settings other than the credential sources.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Accept `?access_token=`.
+    pub query_token: bool,
+    /// Accept first-message auth.
+    pub first_message: bool,
+    /// Deadline for the first message.
+    pub first_message_timeout: Duration,
+    /// Clock skew allowance.
+    pub leeway_s: i64,
+    /// When `auth.expiring` is sent.
+    pub expiry_warning_s: i64,
+    /// Ticket lifetime.
+    pub ticket_ttl_s: u64,
+}
+
+/// `[sessions]`.
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    /// How long a detached session lives.
+    pub resume_window: Duration,
+    /// Events kept per session.
+    pub buffer_events: usize,
+}
+
+/// `[runs]`.
+#[derive(Debug, Clone)]
+pub struct RunsConfig {
+    /// How long a finished run is known.
+    pub retention: Duration,
+    /// Dead-node run cleanup bound.
+    pub orphan_timeout: Duration,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Handshakes per IP per second (burst twice this).
+    pub handshakes_per_ip_per_s: u32,
+    /// Concurrent connections per IP.
+    pub connections_per_ip: usize,
+    /// Concurrent connections per principal.
+    pub connections_per_principal: usize,
+    /// Client messages per second per connection (burst twice this).
+    pub messages_per_s: u32,
+    /// Concurrent runs per principal.
+    pub runs_per_principal: usize,
+}
+
+/// One `[[agents]]` entry.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Name used in `run.start`.
+    pub name: String,
+    /// What runs it.
+    pub kind: AgentKind,
+    /// Scope a principal needs to run it.
+    pub scope: String,
+}
+
+/// Agent implementations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentKind {
+    /// The built-in demo agent.
+    Demo,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// The credential verifier built from `[[auth.jwt]]` and `[[auth.api_keys]]`.
+    pub authenticator: Arc<Authenticator>,
+    /// `[sessions]`.
+    pub sessions: SessionsConfig,
+    /// `[runs]`.
+    pub runs: RunsConfig,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[[agents]]`, always including `demo`.
+    pub agents: Vec<AgentConfig>,
+    /// The development key file, when the `local` development issuer is in use.
+    pub dev_key: Option<PathBuf>,
+}
+
+impl Config {
+    /// Load `path` (or the development defaults when `None`), apply environment
+    /// overrides from `env`, and validate.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key at fault.
+    pub fn load(path: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::new(p.display().to_string(), format!("cannot read the config file: {e}"))
+                })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::new(p.display().to_string(), format!("not valid TOML: {e}")))?
+            }
+            None => toml::Table::new(),
+        };
+        let overridden = apply_env_overrides(&mut table, env)?;
+        let file: ConfigFile = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let from_env = overridden
+                .iter()
+                .find(|(path, _)| {
+                    key == *path || key.starts_with(&format!("{path}.")) || key.starts_with(&format!("{path}["))
+                })
+                .map(|(_, var)| format!(" (set by environment variable {var})"))
+                .unwrap_or_default();
+            ConfigError::new(key, format!("{}{from_env}", e.inner()))
+        })?;
+        Self::from_file(file, env)
+    }
+
+    fn from_file(f: ConfigFile, env: &Env) -> Result<Self, ConfigError> {
+        let profile = match f.server.profile.as_str() {
+            "development" => Profile::Development,
+            "production" => Profile::Production,
+            other => {
+                return Err(ConfigError::new(
+                    "server.profile",
+                    format!("{other:?} is not a profile; use \"development\" or \"production\""),
+                ));
+            }
+        };
+        let failure_mode = match f.server.failure_mode.as_str() {
+            "auto" => FailureMode::Auto,
+            "http" => FailureMode::Http,
+            "close" => FailureMode::Close,
+            other => {
+                return Err(ConfigError::new(
+                    "server.failure_mode",
+                    format!("{other:?} is not a failure mode; use \"auto\", \"http\" or \"close\""),
+                ));
+            }
+        };
+        let allow_any_origin = f.server.allowed_origins.iter().any(|o| o == "*");
+        if allow_any_origin && profile == Profile::Production {
+            return Err(ConfigError::new(
+                "server.allowed_origins",
+                "\"*\" is refused in the production profile; list the exact origins of your pages",
+            ));
+        }
+        for (i, o) in f.server.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    format!("server.allowed_origins[{i}]"),
+                    format!("{o:?} is not an origin; write scheme://host[:port], e.g. \"https://app.example.com\""),
+                ));
+            }
+        }
+        if f.server.listen.trim().is_empty() {
+            return Err(ConfigError::new("server.listen", "empty address; write host:port"));
+        }
+        positive(f.server.max_message_bytes, "server.max_message_bytes")?;
+        positive(f.sessions.buffer_events, "sessions.buffer_events")?;
+        positive(f.limits.messages_per_s, "limits.messages_per_s")?;
+        positive(f.limits.runs_per_principal, "limits.runs_per_principal")?;
+        positive(f.limits.handshakes_per_ip_per_s, "limits.handshakes_per_ip_per_s")?;
+        positive(f.limits.connections_per_ip, "limits.connections_per_ip")?;
+        positive(f.limits.connections_per_principal, "limits.connections_per_principal")?;
+        positive(f.auth.first_message_timeout_ms, "auth.first_message_timeout_ms")?;
+        positive(f.auth.ticket_ttl_s, "auth.ticket_ttl_s")?;
+        match f.backend.kind.as_str() {
+            "memory" => {}
+            "redis" => {
+                return Err(ConfigError::new(
+                    "backend.kind",
+                    "the redis backend is not available in this build yet; use \"memory\" (see docs/out-of-scope.md)",
+                ));
+            }
+            other => {
+                return Err(ConfigError::new(
+                    "backend.kind",
+                    format!("{other:?} is not a backend; use \"memory\" or \"redis\""),
+                ));
+            }
+        }
+        if f.backend.redis_prefix.is_empty() {
+            return Err(ConfigError::new("backend.redis_prefix", "must not be empty"));
+        }
+        for (i, m) in f.mcp.servers.iter().enumerate() {
+            if m.name.is_empty() || m.command.is_empty() {
+                return Err(ConfigError::new(format!("mcp.servers[{i}]"), "`name` and `command` must not be empty"));
+            }
+            tracing::debug!(server = %m.name, vars = m.env.len(), cwd = ?m.cwd, "mcp server configured");
+        }
+        if !f.mcp.servers.is_empty() {
+            return Err(ConfigError::new(
+                "mcp.servers",
+                "hosted MCP servers are not available in this build yet (see docs/out-of-scope.md)",
+            ));
+        }
+
+        let mut agents = vec![AgentConfig { name: "demo".into(), kind: AgentKind::Demo, scope: "agents:run".into() }];
+        for (i, a) in f.agents.iter().enumerate() {
+            let key = format!("agents[{i}]");
+            if a.name.is_empty() {
+                return Err(ConfigError::new(format!("{key}.name"), "must not be empty"));
+            }
+            let kind = match a.kind.as_str() {
+                "demo" => AgentKind::Demo,
+                "http" => {
+                    return Err(ConfigError::new(
+                        format!("{key}.kind"),
+                        "http upstream agents are not available in this build yet (see docs/out-of-scope.md)",
+                    ));
+                }
+                other => {
+                    return Err(ConfigError::new(
+                        format!("{key}.kind"),
+                        format!("{other:?} is not an agent kind; use \"demo\" or \"http\""),
+                    ));
+                }
+            };
+            if a.url.is_some() || a.secret_env.is_some() || a.timeout_s.is_some() {
+                return Err(ConfigError::new(
+                    key.clone(),
+                    "`url`, `secret_env` and `timeout_s` apply only to agents of kind \"http\"",
+                ));
+            }
+            let entry = AgentConfig { name: a.name.clone(), kind, scope: a.scope.clone() };
+            if let Some(existing) = agents.iter_mut().find(|x| x.name == a.name) {
+                if existing.name != "demo" {
+                    return Err(ConfigError::new(format!("{key}.name"), format!("agent {:?} is listed twice", a.name)));
+                }
+                *existing = entry;
+            } else {
+                agents.push(entry);
+            }
+        }
+
+        let mut issuers = Vec::new();
+        let mut dev_key = None;
+        for (i, j) in f.auth.jwt.iter().enumerate() {
+            issuers.push(Arc::new(build_issuer(j, i, profile, env)?));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, j) in f.auth.jwt.iter().enumerate() {
+            if !names.insert(j.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("auth.jwt[{i}].name"),
+                    format!("issuer {:?} is listed twice", j.name),
+                ));
+            }
+        }
+        if issuers.is_empty() && profile == Profile::Development {
+            let path = dev_key_path(env).map_err(|m| ConfigError::new("AGENTGATE_HOME", m))?;
+            let secret = load_or_create_dev_key(&path).map_err(|m| ConfigError::new("AGENTGATE_HOME", m))?;
+            let key =
+                VerifyKey::from_secret(&secret, None).map_err(|e| ConfigError::new("AGENTGATE_HOME", e.to_string()))?;
+            let mut issuer = Issuer::new(DEV_ISSUER, vec![agentgate_auth::Algorithm::HS256], vec![key]);
+            issuer.signing = Some(SigningKey::Hmac(secret));
+            issuers.push(Arc::new(issuer));
+            dev_key = Some(path);
+        }
+
+        let mut api_keys = Vec::new();
+        for (i, k) in f.auth.api_keys.iter().enumerate() {
+            let key = format!("auth.api_keys[{i}]");
+            let digest =
+                hex::decode(k.sha256.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok()).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{key}.sha256"),
+                        "not a SHA-256 hex digest (64 hex digits); compute it with `printf %s \"$KEY\" | sha256sum`",
+                    )
+                })?;
+            if k.name.is_empty() || k.subject.is_empty() {
+                return Err(ConfigError::new(key, "`name` and `subject` must not be empty"));
+            }
+            api_keys.push(ApiKey {
+                name: k.name.clone(),
+                digest,
+                subject: k.subject.clone(),
+                tenant: k.tenant.clone(),
+                scopes: k.scopes.clone(),
+            });
+        }
+
+        let policy = Policy {
+            leeway_s: i64::try_from(f.auth.leeway_s).unwrap_or(i64::MAX),
+            anonymous_roles: f.auth.anonymous_roles.clone(),
+        };
+        Ok(Self {
+            server: ServerConfig {
+                listen: f.server.listen,
+                addr_file: f.server.addr_file,
+                profile,
+                allowed_origins: f.server.allowed_origins,
+                allow_any_origin,
+                failure_mode,
+                max_message_bytes: usize::try_from(f.server.max_message_bytes).unwrap_or(usize::MAX),
+                shutdown_grace: Duration::from_secs(f.server.shutdown_grace_s),
+                metrics_listen: f.server.metrics_listen,
+            },
+            auth: AuthConfig {
+                query_token: f.auth.query_token,
+                first_message: f.auth.first_message,
+                first_message_timeout: Duration::from_millis(f.auth.first_message_timeout_ms),
+                leeway_s: policy.leeway_s,
+                expiry_warning_s: i64::try_from(f.auth.expiry_warning_s).unwrap_or(i64::MAX),
+                ticket_ttl_s: f.auth.ticket_ttl_s,
+            },
+            authenticator: Arc::new(Authenticator::new(issuers, api_keys, policy)),
+            sessions: SessionsConfig {
+                resume_window: Duration::from_secs(f.sessions.resume_window_s),
+                buffer_events: usize::try_from(f.sessions.buffer_events).unwrap_or(usize::MAX),
+            },
+            runs: RunsConfig {
+                retention: Duration::from_secs(f.runs.retention_s),
+                orphan_timeout: Duration::from_secs(f.runs.orphan_timeout_s),
+            },
+            limits: LimitsConfig {
+                handshakes_per_ip_per_s: clamp_u32(f.limits.handshakes_per_ip_per_s),
+                connections_per_ip: usize::try_from(f.limits.connections_per_ip).unwrap_or(usize::MAX),
+                connections_per_principal: usize::try_from(f.limits.connections_per_principal).unwrap_or(usize::MAX),
+                messages_per_s: clamp_u32(f.limits.messages_per_s),
+                runs_per_principal: usize::try_from(f.limits.runs_per_principal).unwrap_or(usize::MAX),
+            },
+            agents,
+            dev_key,
+        })
+    }
+
+    /// The agent called `name`.
+    pub fn agent(&self, name: &str) -> Option<&AgentConfig> {
+        self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// Whether `origin` may connect.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.server.allow_any_origin || self.server.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+fn positive(v: u64, key: &str) -> Result<(), ConfigError> {
+    if v == 0 { Err(ConfigError::new(key, "must be greater than 0")) } else { Ok(()) }
+}
+
+fn clamp_u32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// Apply `AGENTGATE_<SECTION>__<KEY>` variables to the table. Values are parsed as
+/// TOML values; one that is not valid TOML is taken as a string. Returns the key paths
+/// that were set, with the variable that set each.
+fn apply_env_overrides(table: &mut toml::Table, env: &Env) -> Result<Vec<(String, String)>, ConfigError> {
+    const SECTIONS: &[&str] = &["server", "auth", "sessions", "runs", "limits", "backend", "mcp"];
+    let mut set = Vec::new();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("AGENTGATE_") else { continue };
+        let Some((section, key)) = rest.split_once("__") else { continue };
+        let section = section.to_ascii_lowercase();
+        let key = key.to_ascii_lowercase();
+        if !SECTIONS.contains(&section.as_str()) || key.is_empty() || key.contains("__") {
+            return Err(ConfigError::new(
+                var.clone(),
+                format!(
+                    "this variable names no config key ({section}.{key}); override variables are \
+                     AGENTGATE_<SECTION>__<KEY> with a section of {SECTIONS:?}"
+                ),
+            ));
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(sec) = entry else {
+            return Err(ConfigError::new(var.clone(), format!("`{section}` in the file is not a table")));
+        };
+        sec.insert(key.clone(), parsed);
+        set.push((format!("{section}.{key}"), var.clone()));
+    }
+    Ok(set)
+}
+
+fn build_issuer(j: &JwtFile, i: usize, profile: Profile, env: &Env) -> Result<Issuer, ConfigError> {
+    let key = |field: &str| format!("auth.jwt[{i}].{field}");
+    if j.name.is_empty() {
+        return Err(ConfigError::new(key("name"), "must not be empty"));
+    }
+    if j.algorithms.is_empty() {
+        return Err(ConfigError::new(key("algorithms"), "list at least one algorithm, e.g. [\"HS256\"]"));
+    }
+    let mut algorithms = Vec::new();
+    for a in &j.algorithms {
+        let alg = parse_alg(a).map_err(|_| {
+            ConfigError::new(
+                key("algorithms"),
+                format!(
+                    "{a:?} is not supported; use HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA"
+                ),
+            )
+        })?;
+        algorithms.push(alg);
+    }
+    if j.jwks_min_refetch_s == 0 || j.jwks_refresh_s == 0 {
+        return Err(ConfigError::new(
+            key("jwks_refresh_s"),
+            "jwks_refresh_s and jwks_min_refetch_s must be greater than 0",
+        ));
+    }
+    let sources = [
+        j.secret_env.is_some(),
+        j.secret_file.is_some(),
+        j.secret.is_some(),
+        j.public_key_file.is_some(),
+        j.jwks_file.is_some(),
+        j.jwks_url.is_some(),
+    ];
+    let count = sources.iter().filter(|s| **s).count();
+    if count != 1 {
+        return Err(ConfigError::new(
+            format!("auth.jwt[{i}]"),
+            format!(
+                "issuer {:?} needs exactly one key source (secret_env, secret_file, secret, public_key_file, \
+                 jwks_file or jwks_url); it has {count}",
+                j.name
+            ),
+        ));
+    }
+    let mut signing = None;
+    let keys = if let Some(var) = &j.secret_env {
+        let secret = match env.get(var) {
+            Some(v) if !v.is_empty() => v.as_bytes().to_vec(),
+            Some(_) => return Err(ConfigError::new(key("secret_env"), format!("environment variable {var} is empty"))),
+            None => return Err(ConfigError::new(key("secret_env"), format!("environment variable {var} is not set"))),
+        };
+        signing = Some(SigningKey::Hmac(secret.clone()));
+        vec![hmac_key(&secret, j, &key("secret_env"))?]
+    } else if let Some(path) = &j.secret_file {
+        let secret = read_secret_file(path).map_err(|m| ConfigError::new(key("secret_file"), m))?;
+        signing = Some(SigningKey::Hmac(secret.clone()));
+        vec![hmac_key(&secret, j, &key("secret_file"))?]
+    } else if let Some(secret) = &j.secret {
+        if profile == Profile::Production {
+            return Err(ConfigError::new(
+                key("secret"),
+                "inline secrets are refused in the production profile; use secret_env or secret_file",
+            ));
+        }
+        if secret.is_empty() {
+            return Err(ConfigError::new(key("secret"), "is empty"));
+        }
+        signing = Some(SigningKey::Hmac(secret.as_bytes().to_vec()));
+        vec![hmac_key(secret.as_bytes(), j, &key("secret"))?]
+    } else if let Some(path) = &j.public_key_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ConfigError::new(key("public_key_file"), format!("cannot read {}: {e}", path.display())))?;
+        vec![
+            VerifyKey::from_pem(&bytes, j.kid.clone())
+                .map_err(|e| ConfigError::new(key("public_key_file"), e.to_string()))?,
+        ]
+    } else if let Some(path) = &j.jwks_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ConfigError::new(key("jwks_file"), format!("cannot read {}: {e}", path.display())))?;
+        let (keys, _skipped) = parse_jwks(&bytes).map_err(|e| ConfigError::new(key("jwks_file"), e.to_string()))?;
+        if keys.is_empty() {
+            return Err(ConfigError::new(key("jwks_file"), "the JWKS holds no usable signing key"));
+        }
+        keys
+    } else {
+        return Err(ConfigError::new(
+            key("jwks_url"),
+            "jwks_url is not available in this build yet; download the JWKS and use jwks_file (see docs/out-of-scope.md)",
+        ));
+    };
+    if j.kid.is_some() && (j.jwks_file.is_some() || j.jwks_url.is_some()) {
+        return Err(ConfigError::new(key("kid"), "a JWKS names its own key ids; remove `kid`"));
+    }
+    for alg in &algorithms {
+        if !keys.iter().any(|k| k.kind.admits(*alg)) {
+            let kinds: Vec<&str> = keys.iter().map(|k| k.kind.as_str()).collect();
+            return Err(ConfigError::new(
+                key("algorithms"),
+                format!("{alg:?} cannot be verified with this issuer's keys ({kinds:?})"),
+            ));
+        }
+    }
+    if let Some(path) = &j.private_key_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ConfigError::new(key("private_key_file"), format!("cannot read {}: {e}", path.display())))?;
+        if keys.iter().all(|k| k.kind == KeyKind::Hmac) {
+            return Err(ConfigError::new(
+                key("private_key_file"),
+                "an HMAC issuer signs with its secret; remove private_key_file",
+            ));
+        }
+        signing = Some(SigningKey::PrivatePem(bytes));
+    }
+    let mut issuer = Issuer::new(j.name.clone(), algorithms, keys);
+    issuer.issuer = j.issuer.clone();
+    issuer.audience = j.audience.clone();
+    issuer.tenant_claim = j.tenant_claim.clone();
+    issuer.scope_claim = j.scope_claim.clone();
+    issuer.signing = signing;
+    Ok(issuer)
+}
+
+fn hmac_key(secret: &[u8], j: &JwtFile, key: &str) -> Result<VerifyKey, ConfigError> {
+    VerifyKey::from_secret(secret, j.kid.clone()).map_err(|e| ConfigError::new(key, e.to_string()))
+}
+
+/// Read a secret file: its bytes, less one trailing newline.
+///
+/// # Errors
+/// Unreadable or empty.
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,433 @@
+//! One authenticated WebSocket: the welcome, replay, then a single task that reads
+//! client frames, writes session events from a bounded queue, sends heartbeats and
+//! expiry warnings, and closes with the exact code when anything ends it.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentgate_auth::Principal;
+use agentgate_protocol::{ClientMessage, ErrorCode, PROTOCOL_V1, PrincipalInfo, Reply, Welcome};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use governor::{Quota, RateLimiter};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::runs::RunStatus;
+use crate::server::AppState;
+use crate::session::{Attachment, Lookup, Owner, Session};
+use crate::telemetry::{self, unix_now};
+
+/// Events queued for one connection before it counts as a slow consumer.
+pub const OUTBOUND_QUEUE: usize = 256;
+
+/// Interval of server pings, announced as `heartbeat_ms` in the welcome.
+pub const HEARTBEAT: Duration = Duration::from_secs(25);
+
+/// A peer silent for this many heartbeats is considered dead and closed.
+const DEAD_AFTER_HEARTBEATS: u32 = 3;
+
+/// How long to wait for the client's close frame after ours.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
+/// How a connection starts after the upgrade.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// Credential verified before the upgrade.
+    Authenticated { principal: Principal, resume: Option<(String, u64)>, session: Option<Arc<Session>> },
+    /// First-message auth: wait for `{"type":"auth"}`.
+    AwaitAuth { resume: Option<(String, u64)> },
+}
+
+/// Why the loop ended.
+enum End {
+    /// Close with this code.
+    Close(ErrorCode),
+    /// The client closed, or the socket failed: nothing more to send.
+    Gone,
+}
+
+pub(crate) async fn run(
+    app: Arc<AppState>,
+    mut socket: WebSocket,
+    start: Start,
+    remote: SocketAddr,
+    request_id: String,
+) {
+    let Some(_tracked) = app.track_connection() else {
+        close(&mut socket, ErrorCode::ServerRestart).await;
+        return;
+    };
+    let (principal, resume, found) = match start {
+        Start::Authenticated { principal, resume, session } => (principal, resume, session),
+        Start::AwaitAuth { resume } => match await_auth(&app, &mut socket, resume, remote, &request_id).await {
+            Some(x) => x,
+            None => return,
+        },
+    };
+    let conn_id = app.next_conn_id();
+    let owner = Owner { subject: principal.subject.clone(), tenant: principal.tenant.clone() };
+    let (session, last_seq, resumed, resume_error) = match (resume, found) {
+        (Some((_, last)), Some(s)) => (s, last, true, None),
+        (Some(_), None) => (app.sessions.create(owner.clone()), 0, false, Some("session_not_found")),
+        (None, _) => (app.sessions.create(owner.clone()), 0, false, None),
+    };
+    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (kick, mut kicked) = watch::channel(None);
+    let replay = session.attach(Attachment { conn_id, tx, kick }, last_seq);
+    let resume_error = resume_error.or(replay.truncated_from.map(|_| "history_truncated"));
+    tracing::info!(
+        conn_id,
+        request_id = %request_id,
+        session_id = %session.id(),
+        subject = %principal.subject,
+        via = %principal.via,
+        token_fp = %principal.token_fp,
+        remote = %remote,
+        resumed,
+        "connection accepted"
+    );
+    let welcome = Welcome {
+        ty: "welcome",
+        protocol: PROTOCOL_V1,
+        session_id: session.id().to_owned(),
+        resumed,
+        resume_error,
+        first_seq: replay.truncated_from,
+        principal: PrincipalInfo {
+            subject: principal.subject.clone(),
+            tenant: principal.tenant.clone(),
+            scopes: principal.scopes.clone(),
+            via: principal.via.clone(),
+        },
+        expires_at: principal.expires_at,
+        heartbeat_ms: u64::try_from(HEARTBEAT.as_millis()).unwrap_or(u64::MAX),
+    };
+    let mut ok = send_text(&mut socket, serde_json::to_string(&welcome).unwrap_or_default()).await;
+    for event in replay.events {
+        if !ok {
+            break;
+        }
+        ok = send_text(&mut socket, event.as_ref().to_owned()).await;
+    }
+    let end = if ok {
+        let mut conn = Conn { app: &app, socket: &mut socket, session: &session, owner, principal, conn_id };
+        conn.serve(&mut rx, &mut kicked).await
+    } else {
+        End::Gone
+    };
+    session.detach(conn_id);
+    match end {
+        End::Close(code) => {
+            tracing::info!(conn_id, session_id = %session.id(), reason = code.as_str(), "connection closed by server");
+            close(&mut socket, code).await;
+        }
+        End::Gone => tracing::debug!(conn_id, session_id = %session.id(), "connection closed by client"),
+    }
+}
+
+struct Conn<'a> {
+    app: &'a Arc<AppState>,
+    socket: &'a mut WebSocket,
+    session: &'a Arc<Session>,
+    owner: Owner,
+    principal: Principal,
+    conn_id: u64,
+}
+
+impl Conn<'_> {
+    async fn serve(
+        &mut self,
+        rx: &mut mpsc::Receiver<Arc<str>>,
+        kicked: &mut watch::Receiver<Option<ErrorCode>>,
+    ) -> End {
+        let per_s = NonZeroU32::new(self.app.config.limits.messages_per_s).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(per_s.get().saturating_mul(2)).unwrap_or(per_s);
+        let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
+        let mut shutdown = self.app.shutdown_rx();
+        let mut ping = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
+        let mut last_seen = Instant::now();
+        let mut warned = false;
+        loop {
+            let (warn_at, expire_at) = self.expiry_deadlines();
+            tokio::select! {
+                biased;
+                () = crate::shutdown::wait(&mut shutdown) => return End::Close(ErrorCode::ServerRestart),
+                changed = kicked.changed() => {
+                    let code = if changed.is_ok() { *kicked.borrow() } else { None };
+                    return End::Close(code.unwrap_or(ErrorCode::InternalError));
+                }
+                event = rx.recv() => match event {
+                    Some(text) => {
+                        if !send_text(self.socket, text.as_ref().to_owned()).await {
+                            return End::Gone;
+                        }
+                    }
+                    None => return End::Close(ErrorCode::SlowConsumer),
+                },
+                frame = self.socket.recv() => {
+                    last_seen = Instant::now();
+                    match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            if text.len() > self.app.config.server.max_message_bytes {
+                                return End::Close(ErrorCode::MessageTooLarge);
+                            }
+                            if limiter.check().is_err() {
+                                return End::Close(ErrorCode::RateLimited);
+                            }
+                            if let Some(end) = self.on_text(text.as_str(), &mut warned).await {
+                                return end;
+                            }
+                        }
+                        Some(Ok(Message::Binary(data))) => {
+                            if data.len() > self.app.config.server.max_message_bytes {
+                                return End::Close(ErrorCode::MessageTooLarge);
+                            }
+                            return End::Close(ErrorCode::ProtocolError);
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Err(e)) => {
+                            let text = e.to_string();
+                            if text.contains("too long") || text.contains("Space limit") {
+                                return End::Close(ErrorCode::MessageTooLarge);
+                            }
+                            return End::Gone;
+                        }
+                    }
+                }
+                () = sleep_until_opt(warn_at), if !warned => {
+                    warned = true;
+                    if let Some(exp) = self.principal.expires_at
+                        && !self.reply(Reply::AuthExpiring { expires_at: exp }).await
+                    {
+                        return End::Gone;
+                    }
+                }
+                () = sleep_until_opt(expire_at) => return End::Close(ErrorCode::TokenExpired),
+                _ = ping.tick() => {
+                    if last_seen.elapsed() >= HEARTBEAT * DEAD_AFTER_HEARTBEATS {
+                        tracing::info!(conn_id = self.conn_id, "peer silent for {} heartbeats; closing", DEAD_AFTER_HEARTBEATS);
+                        return End::Gone;
+                    }
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// When to warn and when to close, for the live credential.
+    fn expiry_deadlines(&self) -> (Option<Instant>, Option<Instant>) {
+        let Some(exp) = self.principal.expires_at else { return (None, None) };
+        let cfg = &self.app.config.auth;
+        let now_unix = unix_now();
+        let at = |unix: i64| {
+            let secs = unix.saturating_sub(now_unix).max(0);
+            Instant::now() + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+        };
+        (
+            Some(at(exp.saturating_sub(cfg.expiry_warning_s))),
+            Some(at(exp.saturating_add(cfg.leeway_s).saturating_add(1))),
+        )
+    }
+
+    async fn reply(&mut self, reply: Reply) -> bool {
+        send_text(self.socket, reply.to_json()).await
+    }
+
+    /// Handle one client message; `Some` ends the connection.
+    async fn on_text(&mut self, text: &str, warned: &mut bool) -> Option<End> {
+        let msg = match ClientMessage::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::info!(conn_id = self.conn_id, reason = e.code.as_str(), detail = %e.message, "client frame refused");
+                return Some(End::Close(e.code));
+            }
+        };
+        let sent = match msg {
+            ClientMessage::Auth { .. } => {
+                tracing::info!(conn_id = self.conn_id, reason = "protocol_error", "auth message after authentication");
+                return Some(End::Close(ErrorCode::ProtocolError));
+            }
+            ClientMessage::AuthRefresh { token } => {
+                let p = match self.app.config.authenticator.verify(&token, unix_now()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::info!(
+                            conn_id = self.conn_id,
+                            reason = e.code().as_str(),
+                            token_fp = %agentgate_auth::fingerprint(token.as_bytes()),
+                            "auth.refresh refused"
+                        );
+                        return Some(End::Close(e.code()));
+                    }
+                };
+                if !p.same_identity(&self.principal) {
+                    tracing::info!(conn_id = self.conn_id, reason = "principal_mismatch", token_fp = %p.token_fp, "auth.refresh refused");
+                    return Some(End::Close(ErrorCode::PrincipalMismatch));
+                }
+                let expires_at = p.expires_at;
+                self.principal = p;
+                *warned = false;
+                self.reply(Reply::AuthRefreshed { expires_at }).await
+            }
+            ClientMessage::RunStart { r#ref, agent, input } => {
+                let prepared = self.app.runs.prepare(
+                    &self.app.config,
+                    &agent,
+                    &input,
+                    &self.owner,
+                    &self.principal.scopes,
+                    self.session,
+                );
+                match prepared {
+                    Ok(run) => {
+                        let run_id = run.run_id.clone();
+                        let ok = self.reply(Reply::RunAccepted { r#ref, run_id }).await;
+                        run.start();
+                        ok
+                    }
+                    Err(e) => self.reply(Reply::Error { r#ref, code: e.code, message: e.message }).await,
+                }
+            }
+            ClientMessage::RunCancel { r#ref, run_id } => {
+                if self.app.runs.cancel(&run_id, &self.owner) {
+                    true
+                } else {
+                    self.reply(Reply::Error {
+                        r#ref,
+                        code: ErrorCode::RunNotFound,
+                        message: "no running run with that id belongs to this principal".into(),
+                    })
+                    .await
+                }
+            }
+            ClientMessage::RunGet { r#ref, run_id } => match self.app.runs.get(&run_id, &self.owner) {
+                Some((status, terminal)) => {
+                    let terminal = if status == RunStatus::Running { None } else { terminal };
+                    self.reply(Reply::RunState { r#ref, run_id, status: status.as_str(), terminal }).await
+                }
+                None => {
+                    self.reply(Reply::Error {
+                        r#ref,
+                        code: ErrorCode::RunNotFound,
+                        message: "no run with that id is known for this principal".into(),
+                    })
+                    .await
+                }
+            },
+            ClientMessage::Ping { r#ref } => self.reply(Reply::Pong { r#ref }).await,
+        };
+        if sent { None } else { Some(End::Gone) }
+    }
+}
+
+/// First-message auth: the first frame must be `{"type":"auth","token":...}` within
+/// the deadline. Returns the principal and resume target, or closes and returns `None`.
+async fn await_auth(
+    app: &Arc<AppState>,
+    socket: &mut WebSocket,
+    resume: Option<(String, u64)>,
+    remote: SocketAddr,
+    request_id: &str,
+) -> Option<(Principal, Option<(String, u64)>, Option<Arc<Session>>)> {
+    let deadline = app.config.auth.first_message_timeout;
+    let mut shutdown = app.shutdown_rx();
+    let first = tokio::select! {
+        () = crate::shutdown::wait(&mut shutdown) => {
+            close(socket, ErrorCode::ServerRestart).await;
+            return None;
+        }
+        r = tokio::time::timeout(deadline, socket.recv()) => r,
+    };
+    let fail = |code: ErrorCode, message: String, fp: Option<String>| {
+        crate::error::Rejection::new(code, message, request_id).with_token_fp(fp)
+    };
+    let outcome = match first {
+        Err(_) => {
+            Err(fail(ErrorCode::AuthTimeout, format!("no auth message within {} ms", deadline.as_millis()), None))
+        }
+        Ok(None | Some(Ok(Message::Close(_))) | Some(Err(_))) => return None,
+        Ok(Some(Ok(Message::Text(text)))) => match ClientMessage::parse(text.as_str()) {
+            Ok(ClientMessage::Auth { token, session_id, last_seq }) => {
+                let fp = Some(agentgate_auth::fingerprint(token.as_bytes()));
+                match app.config.authenticator.verify(&token, unix_now()) {
+                    Ok(p) => {
+                        let resume = match session_id.filter(|s| !s.is_empty()) {
+                            Some(sid) => Some((sid, last_seq.unwrap_or(0))),
+                            None => resume,
+                        };
+                        let owner = Owner { subject: p.subject.clone(), tenant: p.tenant.clone() };
+                        match resume.as_ref().map(|(sid, _)| app.sessions.lookup(sid, &owner)) {
+                            Some(Lookup::Forbidden) => Err(fail(
+                                ErrorCode::SessionForbidden,
+                                "that session belongs to another subject or tenant".into(),
+                                fp,
+                            )),
+                            Some(Lookup::Found(s)) => Ok((p, resume, Some(s))),
+                            Some(Lookup::NotFound) | None => Ok((p, resume, None)),
+                        }
+                    }
+                    Err(e) => Err(fail(e.code(), e.message().to_owned(), fp)),
+                }
+            }
+            Ok(_) => Err(fail(
+                ErrorCode::TokenMissing,
+                "the first frame must be {\"type\":\"auth\",\"token\":...}".into(),
+                None,
+            )),
+            Err(e) if e.code == ErrorCode::TokenMissing => Err(fail(e.code, e.message, None)),
+            Err(e) => Err(fail(
+                ErrorCode::TokenMissing,
+                format!("the first frame must be an auth message: {}", e.message),
+                None,
+            )),
+        },
+        Ok(Some(Ok(_))) => {
+            Err(fail(ErrorCode::TokenMissing, "the first frame must be a text auth message".into(), None))
+        }
+    };
+    match outcome {
+        Ok(x) => Some(x),
+        Err(r) => {
+            telemetry::log_rejection(&r, remote);
+            close(socket, r.code).await;
+            None
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send_text(socket: &mut WebSocket, text: String) -> bool {
+    socket.send(Message::Text(text.into())).await.is_ok()
+}
+
+/// Send a close frame with `code`'s close code and `{"code":"..."}` reason, then wait
+/// briefly for the client's close.
+pub(crate) async fn close(socket: &mut WebSocket, code: ErrorCode) {
+    let frame = CloseFrame { code: code.close_code(), reason: code.close_reason().into() };
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        drain_after_close(socket).await;
+    }
+}
+
+/// Read until the peer's close frame (or end of stream), at most [`CLOSE_DRAIN`].
+pub(crate) async fn drain_after_close(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,31 @@
+//! The agentgate gateway: configuration, the HTTP/WebSocket server, connections,
+//! sessions, runs and agents. The binary and the integration tests both run this
+//! crate's [`serve`], so tests exercise exactly what ships.
+//!
+//! # Layout
+//! A request travels top-down through these files:
+//! - [`config`]: file, environment overrides, validation into [`Config`].
+//! - [`server`]: shared [`AppState`], [`serve`], graceful shutdown.
+//! - [`routes`]: the pre-upgrade decisions for `/v1/ws`, health endpoints.
+//! - [`credentials`]: finding the one credential on a request.
+//! - [`error`]: a [`Rejection`] as an HTTP response or close frame.
+//! - [`connection`]: the life of one WebSocket after the upgrade.
+//! - [`session`]: sessions, seq numbers, replay buffer, delivery.
+//! - [`runs`] and [`agents`]: runs with exactly one terminal event; the demo agent.
+//! - [`telemetry`]: logs that never carry a secret.
+
+pub mod agents;
+pub mod config;
+pub mod connection;
+pub mod credentials;
+pub mod error;
+pub mod routes;
+pub mod runs;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError, Env};
+pub use error::Rejection;
+pub use server::{AppState, serve};

@@ -1,0 +1,207 @@
+//! HTTP routes: the agent WebSocket's pre-upgrade decisions, and health endpoints.
+//!
+//! Everything decidable from the request is decided here, before the upgrade, in the
+//! contract's order: `Origin`, credentials (ambiguity, verification, anonymity), then
+//! resume ownership. A refusal is delivered by [`reject`] as HTTP or as an immediate
+//! close, per `server.failure_mode`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use agentgate_protocol::{ErrorCode, PROTOCOL_V1, id};
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header::ORIGIN};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::config::FailureMode;
+use crate::connection::{self, Start};
+use crate::credentials::{self, Endpoint, Found};
+use crate::error::Rejection;
+use crate::server::AppState;
+use crate::session::{Lookup, Owner};
+use crate::telemetry;
+
+/// The router of the main listener.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/ws", get(agent_ws))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.is_shutting_down() {
+        let body = json!({"status": "unready", "checks": {"shutdown": "the node is shutting down"}});
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    axum::Json(json!({"status": "ready", "checks": {"memory": "ok"}})).into_response()
+}
+
+/// `GET /v1/ws`.
+async fn agent_ws(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let request_id = id::request_id();
+    let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
+    let ws = ws.ok();
+    match decide(&app, &headers, &query, origin.as_deref(), &request_id) {
+        Ok(start) => {
+            let Some(ws) = ws else {
+                let r = Rejection::new(
+                    ErrorCode::ProtocolError,
+                    "this endpoint speaks WebSocket only; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
+                    &request_id,
+                );
+                return reject(&app, r, None, origin.is_some(), remote, &headers);
+            };
+            let ws = configure(&app, ws, &headers);
+            let app2 = Arc::clone(&app);
+            ws.on_upgrade(move |socket| connection::run(app2, socket, start, remote, request_id))
+        }
+        Err(r) => reject(&app, r, ws, origin.is_some(), remote, &headers),
+    }
+}
+
+/// The pre-upgrade decisions; `Ok` carries what the connection starts with.
+fn decide(
+    app: &AppState,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    origin: Option<&str>,
+    request_id: &str,
+) -> Result<Start, Rejection> {
+    if let Some(origin) = origin
+        && !app.config.origin_allowed(origin)
+    {
+        return Err(Rejection::new(
+            ErrorCode::OriginNotAllowed,
+            format!("origin {:?} is not on server.allowed_origins", truncate(origin, 128)),
+            request_id,
+        ));
+    }
+    let found = credentials::extract(headers, query, Endpoint::Agent, app.config.auth.query_token)
+        .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
+    let resume = resume_params(query).map_err(|m| Rejection::new(ErrorCode::ProtocolError, m, request_id))?;
+    let credential = match found {
+        Found::One(c) => c,
+        Found::None(msg) => {
+            if app.config.auth.first_message && !query.iter().any(|(k, v)| k == "access_token" && !v.is_empty()) {
+                return Ok(Start::AwaitAuth { resume });
+            }
+            return Err(Rejection::new(ErrorCode::TokenMissing, msg, request_id));
+        }
+    };
+    let fp = Some(agentgate_auth::fingerprint(credential.value.as_bytes()));
+    if credential.transport == credentials::Transport::Ticket {
+        return Err(Rejection::new(
+            ErrorCode::TicketInvalid,
+            "the ticket is unknown, used or expired; request a new one with POST /v1/tickets",
+            request_id,
+        )
+        .with_token_fp(fp));
+    }
+    let principal = app
+        .config
+        .authenticator
+        .verify(&credential.value, telemetry::unix_now())
+        .map_err(|e| Rejection::new(e.code(), e.message(), request_id).with_token_fp(fp))?;
+    let session = match &resume {
+        Some((sid, _)) => {
+            let owner = Owner { subject: principal.subject.clone(), tenant: principal.tenant.clone() };
+            match app.sessions.lookup(sid, &owner) {
+                Lookup::Found(s) => Some(s),
+                Lookup::NotFound => None,
+                Lookup::Forbidden => {
+                    return Err(Rejection::new(
+                        ErrorCode::SessionForbidden,
+                        "that session belongs to another subject or tenant",
+                        request_id,
+                    )
+                    .with_token_fp(Some(principal.token_fp.clone())));
+                }
+            }
+        }
+        None => None,
+    };
+    Ok(Start::Authenticated { principal, resume, session })
+}
+
+/// `session_id` and `last_seq` query parameters.
+fn resume_params(query: &[(String, String)]) -> Result<Option<(String, u64)>, String> {
+    let sid = query.iter().find(|(k, _)| k == "session_id").map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    let last = match query.iter().find(|(k, _)| k == "last_seq") {
+        None => 0,
+        Some((_, v)) => v.parse::<u64>().map_err(|_| "last_seq must be a non-negative integer".to_owned())?,
+    };
+    Ok(sid.map(|s| (s, last)))
+}
+
+fn configure(app: &AppState, ws: WebSocketUpgrade, headers: &HeaderMap) -> WebSocketUpgrade {
+    let max = app.config.server.max_message_bytes;
+    let mut ws = ws
+        .read_buffer_size(crate::server::READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
+        // Frames up to twice the limit are read and refused with a clean 1009; the
+        // library refuses anything larger on its own.
+        .max_message_size(max.saturating_mul(2))
+        .max_frame_size(max.saturating_mul(2));
+    if credentials::offered_protocols(headers).iter().any(|p| p == PROTOCOL_V1) {
+        ws.set_selected_protocol(HeaderValue::from_static(PROTOCOL_V1));
+    }
+    ws
+}
+
+/// Deliver a rejection: logged once, counted, then HTTP or an immediate close.
+pub(crate) fn reject(
+    app: &AppState,
+    r: Rejection,
+    ws: Option<WebSocketUpgrade>,
+    has_origin: bool,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+) -> Response {
+    telemetry::log_rejection(&r, remote);
+    let as_close = match app.config.server.failure_mode {
+        FailureMode::Http => false,
+        FailureMode::Close => true,
+        FailureMode::Auto => has_origin,
+    };
+    let profile = app.config.server.profile;
+    match ws {
+        Some(ws) if as_close => {
+            let ws = configure(app, ws, headers);
+            let code = r.code;
+            let mut resp = ws.on_upgrade(move |mut socket| async move {
+                let frame = CloseFrame { code: code.close_code(), reason: code.close_reason().into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                connection::drain_after_close(&mut socket).await;
+            });
+            if let Ok(v) = HeaderValue::from_str(&r.request_id) {
+                resp.headers_mut().insert("x-request-id", v);
+            }
+            resp
+        }
+        _ => r.into_http(profile),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

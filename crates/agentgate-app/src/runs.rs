@@ -1,0 +1,245 @@
+//! The run registry and driver: starting runs within `limits.runs_per_principal`,
+//! cancelling, answering `run.get`, and guaranteeing exactly one terminal event per
+//! run however it ends (the agent's outcome, `run.cancel`, or node shutdown).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use agentgate_protocol::{ErrorCode, EventType, id};
+use serde_json::{Map, Value, json};
+use tokio::sync::{oneshot, watch};
+
+use crate::agents::{Outcome, RunSink, demo};
+use crate::config::{AgentKind, Config};
+use crate::session::{Owner, Session};
+
+/// Lifecycle of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Still running.
+    Running,
+    /// Ended `agent_completed`.
+    Completed,
+    /// Ended `agent_failed`.
+    Failed,
+    /// Ended `run_cancelled`.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Wire name for `run.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RunEntry {
+    owner: Owner,
+    status: RunStatus,
+    terminal: Option<Value>,
+    cancel: Option<oneshot::Sender<()>>,
+    finished_at: Option<Instant>,
+}
+
+/// Why `run.start` was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartError {
+    /// `agent_unknown`, `scope_missing`, `too_many_runs` or `protocol_error`.
+    pub code: ErrorCode,
+    /// What to do.
+    pub message: String,
+}
+
+/// All runs of this node.
+#[derive(Debug)]
+pub struct Runs {
+    entries: Mutex<HashMap<String, RunEntry>>,
+    retention: Duration,
+    per_principal_limit: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Runs {
+    /// A registry that keeps finished runs for `retention` and ends running ones
+    /// `node_shutdown` when `shutdown` turns true.
+    pub fn new(retention: Duration, per_principal_limit: usize, shutdown: watch::Receiver<bool>) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), retention, per_principal_limit, shutdown }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, RunEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start `agent` for `principal_scopes`/`owner` on `session`. Returns the run id;
+    /// the caller sends `run.accepted` and then calls the returned starter, so the
+    /// reply precedes the first event.
+    ///
+    /// # Errors
+    /// A [`StartError`] with the reply's code.
+    pub fn prepare(
+        self: &Arc<Self>,
+        config: &Config,
+        agent: &str,
+        input: &Map<String, Value>,
+        owner: &Owner,
+        scopes: &[String],
+        session: &Arc<Session>,
+    ) -> Result<PreparedRun, StartError> {
+        let Some(agent_cfg) = config.agent(agent) else {
+            let known: Vec<&str> = config.agents.iter().map(|a| a.name.as_str()).collect();
+            return Err(StartError {
+                code: ErrorCode::AgentUnknown,
+                message: format!("no agent named {:?}; this gateway runs {known:?}", truncate(agent, 64)),
+            });
+        };
+        if !scopes.contains(&agent_cfg.scope) {
+            return Err(StartError {
+                code: ErrorCode::ScopeMissing,
+                message: format!("running agent {:?} needs scope {:?}", agent_cfg.name, agent_cfg.scope),
+            });
+        }
+        let demo_input = match agent_cfg.kind {
+            AgentKind::Demo => DemoInputOrErr::parse(input)?,
+        };
+        let run_id = id::run_id();
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        {
+            let mut map = self.map();
+            let now = Instant::now();
+            map.retain(|_, e| e.finished_at.is_none_or(|t| now.duration_since(t) < self.retention));
+            let active = map.values().filter(|e| e.owner == *owner && e.status == RunStatus::Running).count();
+            if active >= self.per_principal_limit {
+                return Err(StartError {
+                    code: ErrorCode::TooManyRuns,
+                    message: format!(
+                        "{active} runs are already running for this principal (limit {}); wait for one to end or cancel one",
+                        self.per_principal_limit
+                    ),
+                });
+            }
+            map.insert(
+                run_id.clone(),
+                RunEntry {
+                    owner: owner.clone(),
+                    status: RunStatus::Running,
+                    terminal: None,
+                    cancel: Some(cancel_tx),
+                    finished_at: None,
+                },
+            );
+        }
+        Ok(PreparedRun {
+            runs: Arc::clone(self),
+            sink: RunSink { session: Arc::clone(session), run_id: run_id.clone() },
+            agent: agent_cfg.name.clone(),
+            input: demo_input,
+            cancel: cancel_rx,
+            run_id,
+        })
+    }
+
+    /// Cancel a running run of `owner`. Returns false for an unknown, finished or
+    /// foreign run.
+    pub fn cancel(&self, run_id: &str, owner: &Owner) -> bool {
+        let mut map = self.map();
+        match map.get_mut(run_id) {
+            Some(e) if e.owner == *owner && e.status == RunStatus::Running => {
+                e.cancel.take().map(|c| c.send(()).is_ok()).unwrap_or(false)
+            }
+            _ => false,
+        }
+    }
+
+    /// State of a run of `owner`, while known.
+    pub fn get(&self, run_id: &str, owner: &Owner) -> Option<(RunStatus, Option<Value>)> {
+        let map = self.map();
+        let e = map.get(run_id)?;
+        if e.owner != *owner || e.finished_at.is_some_and(|t| t.elapsed() >= self.retention) {
+            return None;
+        }
+        Some((e.status, e.terminal.clone()))
+    }
+
+    /// Forget finished runs past their retention.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.map().retain(|_, e| e.finished_at.is_none_or(|t| now.duration_since(t) < self.retention));
+    }
+
+    /// Number of running runs.
+    pub fn active(&self) -> usize {
+        self.map().values().filter(|e| e.status == RunStatus::Running).count()
+    }
+
+    fn finish(&self, run_id: &str, status: RunStatus, terminal: Value) {
+        if let Some(e) = self.map().get_mut(run_id) {
+            e.status = status;
+            e.terminal = Some(terminal);
+            e.cancel = None;
+            e.finished_at = Some(Instant::now());
+        }
+    }
+}
+
+struct DemoInputOrErr;
+
+impl DemoInputOrErr {
+    fn parse(input: &Map<String, Value>) -> Result<demo::DemoInput, StartError> {
+        demo::DemoInput::parse(input).map_err(|message| StartError { code: ErrorCode::ProtocolError, message })
+    }
+}
+
+/// A run that passed every check and is registered, not yet started.
+#[derive(Debug)]
+pub struct PreparedRun {
+    runs: Arc<Runs>,
+    sink: RunSink,
+    agent: String,
+    input: demo::DemoInput,
+    cancel: oneshot::Receiver<()>,
+    /// The run id.
+    pub run_id: String,
+}
+
+impl PreparedRun {
+    /// Spawn the run.
+    pub fn start(self) {
+        tokio::spawn(self.drive());
+    }
+
+    async fn drive(self) {
+        let PreparedRun { runs, sink, agent, input, mut cancel, run_id } = self;
+        let mut shutdown = runs.shutdown.clone();
+        sink.emit(EventType::AgentStarted, json!({"agent": agent}));
+        let work = demo::run(input, sink.clone());
+        let (ty, status, data) = tokio::select! {
+            outcome = work => match outcome {
+                Outcome::Completed(result) => (EventType::AgentCompleted, RunStatus::Completed, json!({"result": result})),
+                Outcome::Failed { code, message } => (EventType::AgentFailed, RunStatus::Failed, json!({"code": code, "message": message})),
+            },
+            _ = &mut cancel => (EventType::RunCancelled, RunStatus::Cancelled, json!({})),
+            () = crate::shutdown::wait(&mut shutdown) => (
+                EventType::AgentFailed,
+                RunStatus::Failed,
+                json!({"code": "node_shutdown", "message": "the gateway node shut down during the run"}),
+            ),
+        };
+        let (_seq, text) = sink.session.emit(ty, &run_id, data);
+        let terminal = serde_json::from_str(&text).unwrap_or(Value::Null);
+        runs.finish(&run_id, status, terminal);
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

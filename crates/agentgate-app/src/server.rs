@@ -1,0 +1,139 @@
+//! Serving: shared state, the accept loop (axum over a bound listener), periodic
+//! sweeps, and graceful shutdown (close every WebSocket 1012 at once, wait up to
+//! `server.shutdown_grace_s`, then return).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::runs::Runs;
+use crate::session::SessionStore;
+
+/// Read buffer per WebSocket. tungstenite's default (128 KiB) would dominate the cost
+/// of an idle connection; frames larger than this are still read, in several reads.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How often expired sessions and runs are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// State shared by every connection of a node.
+#[derive(Debug)]
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    /// Sessions.
+    pub sessions: SessionStore,
+    /// Runs.
+    pub runs: Arc<Runs>,
+    shutdown: watch::Sender<bool>,
+    tracker: Mutex<Option<mpsc::Sender<()>>>,
+    conn_ids: AtomicU64,
+}
+
+/// Held by a live connection; shutdown waits until every one is dropped.
+#[derive(Debug)]
+pub struct Tracked(#[allow(dead_code)] mpsc::Sender<()>);
+
+impl AppState {
+    fn new(config: Config) -> (Arc<Self>, mpsc::Receiver<()>) {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (tracker, tracked_rx) = mpsc::channel(1);
+        let runs = Arc::new(Runs::new(config.runs.retention, config.limits.runs_per_principal, shutdown_rx));
+        let sessions = SessionStore::new(config.sessions.buffer_events, config.sessions.resume_window);
+        let state = Arc::new(Self {
+            config,
+            sessions,
+            runs,
+            shutdown,
+            tracker: Mutex::new(Some(tracker)),
+            conn_ids: AtomicU64::new(1),
+        });
+        (state, tracked_rx)
+    }
+
+    /// A receiver of the shutdown flag.
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Register a live connection; `None` once shutdown has begun.
+    pub fn track_connection(&self) -> Option<Tracked> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| Tracked(t.clone()))
+    }
+
+    /// A fresh connection id, for logs.
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serve on `listener` until `shutdown` completes, then shut down gracefully.
+///
+/// # Errors
+/// The `addr_file` cannot be written, or the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    if let Some(path) = &config.server.addr_file {
+        write_addr_file(path, local)?;
+    }
+    let grace = config.server.shutdown_grace;
+    let (state, mut tracked) = AppState::new(config);
+    tracing::info!(addr = %local, "agentgate listening");
+    let sweeper = tokio::spawn(sweep(Arc::clone(&state)));
+    let app = crate::routes::router(Arc::clone(&state));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let trigger_state = Arc::clone(&state);
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: closing connections with 1012 server_restart");
+        let _ = trigger_state.shutdown.send(true);
+        let _ = stop_tx.send(());
+    });
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
+        async move {
+            let _ = stop_rx.await;
+        },
+    );
+    server.await?;
+    // The accept loop has stopped; WebSockets are closing. Wait for them, bounded.
+    drop(state.tracker.lock().unwrap_or_else(|p| p.into_inner()).take());
+    if tokio::time::timeout(grace, tracked.recv()).await.is_err() {
+        tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed; dropping remaining connections");
+    }
+    sweeper.abort();
+    tracing::info!("agentgate stopped");
+    Ok(())
+}
+
+fn write_addr_file(path: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn sweep(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let expired = state.sessions.sweep();
+        if !expired.is_empty() {
+            tracing::debug!(count = expired.len(), "expired detached sessions");
+        }
+        state.runs.sweep();
+    }
+}

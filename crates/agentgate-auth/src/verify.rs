@@ -1,0 +1,547 @@
+//! The credential check of PROTOCOL.md section 2 and 2.1, step by step and in order.
+//!
+//! `jsonwebtoken` is used for the signature alone (`crypto::verify` with an algorithm
+//! and key this module chose); every claim rule is applied here, because the library
+//! accepts tokens without `aud`/`iss` unless told otherwise, never checks `iat`, and
+//! has no size limit.
+
+use std::sync::Arc;
+
+use agentgate_protocol::{ErrorCode, id};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::error::AuthError;
+use crate::issuer::{ApiKey, Issuer};
+use crate::keys::{VerifyKey, fingerprint};
+
+/// Longest token checked as a JWT; longer ones are `token_malformed`.
+pub const MAX_JWT_BYTES: usize = 8192;
+
+/// Type-claim values that mark an access token (compared case-insensitively).
+const ACCESS_TYPES: &[&str] = &["access", "access_token", "at+jwt", "bearer"];
+
+/// Claims naming a token's type.
+const TYPE_CLAIMS: &[&str] = &["typ", "type", "token_use", "token_type"];
+
+/// Who a verified credential speaks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    /// `sub`, or the API key's subject.
+    pub subject: String,
+    /// The tenant, if any.
+    pub tenant: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// `jwt:<issuer>` or `api_key:<name>`.
+    pub via: String,
+    /// The credential's `exp` (`None` for an API key).
+    pub expires_at: Option<i64>,
+    /// `jti`, for revocation.
+    pub jti: Option<String>,
+    /// `iat`, for revocation by subject.
+    pub issued_at: Option<i64>,
+    /// Fingerprint of the token itself, for logs.
+    pub token_fp: String,
+}
+
+impl Principal {
+    /// Whether the principal holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// Same subject and tenant: the identity a session is bound to.
+    pub fn same_identity(&self, other: &Principal) -> bool {
+        self.subject == other.subject && self.tenant == other.tenant
+    }
+}
+
+/// Revocation lookups, answered by the gateway's revocation list.
+pub trait Revocations: Send + Sync + std::fmt::Debug {
+    /// Whether a token with these facts has been revoked.
+    fn is_revoked(&self, jti: Option<&str>, subject: &str, issued_at: Option<i64>) -> bool;
+}
+
+/// Settings that apply to every credential.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Clock skew allowed on `exp`, `nbf`, `iat`.
+    pub leeway_s: i64,
+    /// `role` values that mark an anonymous principal.
+    pub anonymous_roles: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self { leeway_s: 30, anonymous_roles: vec!["anon".into()] }
+    }
+}
+
+/// What the check saw on the way to its verdict: for `token inspect` and logs.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    /// The decoded JWT header, if it decoded.
+    pub header: Option<Map<String, Value>>,
+    /// The decoded JWT payload, if it decoded.
+    pub claims: Option<Map<String, Value>>,
+    /// The issuer chosen (step 2).
+    pub issuer: Option<String>,
+    /// The key whose signature verified: (`kid`, fingerprint).
+    pub key: Option<(Option<String>, String)>,
+    /// The API key that matched.
+    pub api_key: Option<String>,
+}
+
+/// Verifies credentials against configured issuers and API keys.
+#[derive(Debug)]
+pub struct Authenticator {
+    issuers: Vec<Arc<Issuer>>,
+    api_keys: Vec<ApiKey>,
+    policy: Policy,
+    revocations: Option<Arc<dyn Revocations>>,
+}
+
+impl Authenticator {
+    /// An authenticator over these sources.
+    pub fn new(issuers: Vec<Arc<Issuer>>, api_keys: Vec<ApiKey>, policy: Policy) -> Self {
+        Self { issuers, api_keys, policy, revocations: None }
+    }
+
+    /// Consult `revocations` for every token.
+    pub fn with_revocations(mut self, revocations: Arc<dyn Revocations>) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// The configured issuers.
+    pub fn issuers(&self) -> &[Arc<Issuer>] {
+        &self.issuers
+    }
+
+    /// The configured API keys.
+    pub fn api_keys(&self) -> &[ApiKey] {
+        &self.api_keys
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Verify a bearer token at Unix time `now`.
+    ///
+    /// # Errors
+    /// An [`AuthError`] with the exact reason code.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        self.verify_traced(token, now).0
+    }
+
+    /// Verify, and say what was seen on the way.
+    pub fn verify_traced(&self, token: &str, now: i64) -> (Result<Principal, AuthError>, Trace) {
+        let mut trace = Trace::default();
+        let result = self.classify(token, now, &mut trace);
+        (result, trace)
+    }
+
+    fn classify(&self, token: &str, now: i64, trace: &mut Trace) -> Result<Principal, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::new(ErrorCode::TokenMissing, "the credential is empty"));
+        }
+        if token.split('.').count() == 3 {
+            return self.verify_jwt(token, now, trace);
+        }
+        if let Some(what) = id::looks_like_server_id(token) {
+            return Err(AuthError::new(
+                ErrorCode::TokenMalformed,
+                format!(
+                    "the credential looks like {what} (it starts with the server's prefix), not a token; \
+                     send an access token and pass session ids only as `session_id`"
+                ),
+            ));
+        }
+        self.verify_api_key(token, trace)
+    }
+
+    fn verify_api_key(&self, token: &str, trace: &mut Trace) -> Result<Principal, AuthError> {
+        if self.api_keys.is_empty() {
+            return Err(AuthError::new(
+                ErrorCode::TokenMalformed,
+                "the credential is not a JWT (a JWT has three dot-separated parts) and no API keys are configured",
+            ));
+        }
+        let digest = ApiKey::digest_of(token);
+        // Compare against every key without stopping early, in constant time each.
+        let mut found: Option<&ApiKey> = None;
+        for key in &self.api_keys {
+            if bool::from(key.digest.ct_eq(&digest)) && found.is_none() {
+                found = Some(key);
+            }
+        }
+        let Some(key) = found else {
+            return Err(AuthError::new(
+                ErrorCode::ApiKeyInvalid,
+                "the credential is not a JWT (a JWT has three dot-separated parts) and matches no configured API key; \
+                 mint a real token with `agentgate token mint` or use a configured API key",
+            ));
+        };
+        trace.api_key = Some(key.name.clone());
+        let principal = Principal {
+            subject: key.subject.clone(),
+            tenant: key.tenant.clone(),
+            scopes: key.scopes.clone(),
+            via: format!("api_key:{}", key.name),
+            expires_at: None,
+            jti: None,
+            issued_at: None,
+            token_fp: fingerprint(token.as_bytes()),
+        };
+        if self.is_revoked(&principal) {
+            return Err(AuthError::new(ErrorCode::TokenRevoked, "this API key's subject has been revoked"));
+        }
+        Ok(principal)
+    }
+
+    fn verify_jwt(&self, token: &str, now: i64, trace: &mut Trace) -> Result<Principal, AuthError> {
+        use ErrorCode::*;
+        // Step 1: size and shape.
+        if token.len() > MAX_JWT_BYTES {
+            return Err(AuthError::new(
+                TokenMalformed,
+                format!("the JWT is {} bytes, above the limit of {MAX_JWT_BYTES}", token.len()),
+            ));
+        }
+        let mut parts = token.split('.');
+        let (h64, p64, s64) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(h), Some(p), Some(s)) => (h, p, s),
+            _ => return Err(AuthError::new(TokenMalformed, "a JWT has three dot-separated parts")),
+        };
+        let header = decode_object(h64, "header")?;
+        trace.header = Some(header.clone());
+        let claims = decode_object(p64, "payload")?;
+        trace.claims = Some(claims.clone());
+        let alg = match header.get("alg") {
+            Some(Value::String(a)) => a.as_str(),
+            Some(_) => return Err(AuthError::new(AlgorithmNotAllowed, "the JWT header's `alg` is not a string")),
+            None => return Err(AuthError::new(AlgorithmNotAllowed, "the JWT header has no `alg`")),
+        };
+        let alg = parse_alg(alg)?;
+
+        // Step 2: choose the issuer.
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(AuthError::new(TokenMalformed, "the JWT header's `kid` is not a string")),
+        };
+        let iss = match claims.get("iss") {
+            None => None,
+            Some(Value::String(i)) => Some(i.as_str()),
+            Some(_) => return Err(AuthError::new(IssuerInvalid, "the `iss` claim is not a string")),
+        };
+        let signing_input = &token[..h64.len() + 1 + p64.len()];
+        let (issuer, key) = if let Some(kid) = kid {
+            let Some(issuer) = self.issuers.iter().find(|i| i.has_kid(kid)) else {
+                let held: Vec<String> = self
+                    .issuers
+                    .iter()
+                    .flat_map(|i| i.keys().iter().filter_map(|k| k.kid.clone()).collect::<Vec<_>>())
+                    .collect();
+                return Err(AuthError::new(
+                    KeyUnknown,
+                    format!("no configured key has kid {:?}; the server holds kids {:?}", truncate(kid, 64), held),
+                ));
+            };
+            trace.issuer = Some(issuer.name.clone());
+            let keys = issuer.keys();
+            let Some(key) = keys.iter().find(|k| k.kid.as_deref() == Some(kid)) else {
+                return Err(AuthError::new(KeyUnknown, "the key was rotated away during verification"));
+            };
+            check_alg(issuer, key, alg)?;
+            verify_signature(key, alg, signing_input, s64)?;
+            (Arc::clone(issuer), key.clone())
+        } else if let Some(issuer) = iss.and_then(|iss| self.issuers.iter().find(|i| i.issuer.as_deref() == Some(iss)))
+        {
+            trace.issuer = Some(issuer.name.clone());
+            if !issuer.algorithms.contains(&alg) {
+                return Err(alg_not_allowed(issuer, alg));
+            }
+            let keys = issuer.keys();
+            let fitting: Vec<&VerifyKey> = keys.iter().filter(|k| k.admits(alg)).collect();
+            if fitting.is_empty() {
+                return Err(AuthError::new(
+                    AlgorithmNotAllowed,
+                    format!("issuer {:?} holds no key that verifies {alg:?}", issuer.name),
+                ));
+            }
+            let Some(key) = fitting.into_iter().find(|k| signature_ok(k, alg, signing_input, s64)) else {
+                return Err(sig_invalid(Some(issuer)));
+            };
+            (Arc::clone(issuer), key.clone())
+        } else {
+            if iss.is_some() && !self.issuers.is_empty() && self.issuers.iter().all(|i| i.issuer.is_some()) {
+                let accepted: Vec<&str> = self.issuers.iter().filter_map(|i| i.issuer.as_deref()).collect();
+                return Err(AuthError::new(
+                    IssuerInvalid,
+                    format!("the `iss` claim names no configured issuer; accepted: {accepted:?}"),
+                ));
+            }
+            let candidates: Vec<&Arc<Issuer>> = self
+                .issuers
+                .iter()
+                .filter(|i| i.algorithms.contains(&alg) && (iss.is_none() || i.issuer.is_none()))
+                .collect();
+            if candidates.is_empty() {
+                return Err(AuthError::new(AlgorithmNotAllowed, format!("no configured issuer accepts {alg:?}")));
+            }
+            let mut chosen = None;
+            for issuer in candidates {
+                let keys = issuer.keys();
+                if let Some(key) = keys.iter().find(|k| k.admits(alg) && signature_ok(k, alg, signing_input, s64)) {
+                    chosen = Some((Arc::clone(issuer), key.clone()));
+                    break;
+                }
+            }
+            let Some(chosen) = chosen else {
+                return Err(sig_invalid(None));
+            };
+            trace.issuer = Some(chosen.0.name.clone());
+            chosen
+        };
+        trace.key = Some((key.kid.clone(), key.fingerprint.clone()));
+
+        // Step 4: claims, in order.
+        self.check_claims(&issuer, &claims, now, token)
+    }
+
+    fn check_claims(
+        &self,
+        issuer: &Issuer,
+        claims: &Map<String, Value>,
+        now: i64,
+        token: &str,
+    ) -> Result<Principal, AuthError> {
+        use ErrorCode::*;
+        let leeway = self.policy.leeway_s;
+        let exp = match claims.get("exp") {
+            None => return Err(AuthError::new(ClaimMissing, "the token has no `exp` claim")),
+            Some(v) => numeric_date(v, "exp")?,
+        };
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::String(_)) => return Err(AuthError::new(ClaimMissing, "the `sub` claim is empty")),
+            Some(_) => return Err(AuthError::new(ClaimMissing, "the `sub` claim is not a string")),
+            None => return Err(AuthError::new(ClaimMissing, "the token has no `sub` claim")),
+        };
+        if let Some(expected) = &issuer.issuer {
+            match claims.get("iss") {
+                Some(Value::String(i)) if i == expected => {}
+                Some(_) => {
+                    return Err(AuthError::new(
+                        IssuerInvalid,
+                        format!("`iss` does not match issuer {:?}, which expects {expected:?}", issuer.name),
+                    ));
+                }
+                None => {
+                    return Err(AuthError::new(
+                        IssuerInvalid,
+                        format!("the token has no `iss`; issuer {:?} expects {expected:?}", issuer.name),
+                    ));
+                }
+            }
+        }
+        if !issuer.audience.is_empty() {
+            let ok = match claims.get("aud") {
+                Some(Value::String(a)) => issuer.audience.iter().any(|x| x == a),
+                Some(Value::Array(list)) => {
+                    list.iter().any(|a| a.as_str().is_some_and(|a| issuer.audience.iter().any(|x| x == a)))
+                }
+                _ => false,
+            };
+            if !ok {
+                let what = if claims.contains_key("aud") { "matches no accepted audience" } else { "is absent" };
+                return Err(AuthError::new(
+                    AudienceInvalid,
+                    format!("`aud` {what}; issuer {:?} accepts {:?}", issuer.name, issuer.audience),
+                ));
+            }
+        }
+        if now > exp.saturating_add(leeway) {
+            return Err(AuthError::new(
+                TokenExpired,
+                format!(
+                    "the token expired {} s ago (exp {exp}, leeway {leeway} s); mint or refresh a new one",
+                    now - exp
+                ),
+            ));
+        }
+        for claim in ["nbf", "iat"] {
+            if let Some(v) = claims.get(claim) {
+                let t = numeric_date(v, claim)?;
+                if t > now.saturating_add(leeway) {
+                    return Err(AuthError::new(
+                        TokenNotYetValid,
+                        format!(
+                            "`{claim}` is {} s in the future (leeway {leeway} s); check the issuer's clock",
+                            t - now
+                        ),
+                    ));
+                }
+            }
+        }
+        for claim in TYPE_CLAIMS {
+            if let Some(v) = claims.get(*claim) {
+                let ok = v.as_str().is_some_and(|t| ACCESS_TYPES.iter().any(|a| a.eq_ignore_ascii_case(t)));
+                if !ok {
+                    return Err(AuthError::new(
+                        TokenTypeInvalid,
+                        format!("claim `{claim}` says this is not an access token (e.g. a refresh or id token)"),
+                    ));
+                }
+            }
+        }
+        let jti = claims.get("jti").and_then(|j| j.as_str()).map(str::to_owned);
+        let issued_at = match claims.get("iat") {
+            Some(v) => Some(numeric_date(v, "iat")?),
+            None => None,
+        };
+        let tenant = claims.get(&issuer.tenant_claim).and_then(|t| match t {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
+        let scopes = match claims.get(&issuer.scope_claim) {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
+        let principal = Principal {
+            subject,
+            tenant,
+            scopes,
+            via: format!("jwt:{}", issuer.name),
+            expires_at: Some(exp),
+            jti,
+            issued_at,
+            token_fp: fingerprint(token.as_bytes()),
+        };
+        if self.is_revoked(&principal) {
+            return Err(AuthError::new(TokenRevoked, "this token has been revoked"));
+        }
+        if let Some(Value::String(role)) = claims.get("role")
+            && self.policy.anonymous_roles.iter().any(|r| r == role)
+        {
+            return Err(AuthError::new(
+                AnonymousNotAllowed,
+                format!("the token belongs to an anonymous principal (role {role:?}); sign in first"),
+            ));
+        }
+        Ok(principal)
+    }
+
+    fn is_revoked(&self, p: &Principal) -> bool {
+        self.revocations.as_ref().is_some_and(|r| r.is_revoked(p.jti.as_deref(), &p.subject, p.issued_at))
+    }
+}
+
+fn decode_object(part: &str, what: &str) -> Result<Map<String, Value>, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::new(ErrorCode::TokenMalformed, format!("the JWT {what} is not unpadded base64url")))?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(AuthError::new(ErrorCode::TokenMalformed, format!("the JWT {what} is not a JSON object"))),
+        Err(_) => Err(AuthError::new(ErrorCode::TokenMalformed, format!("the JWT {what} is not valid JSON"))),
+    }
+}
+
+/// The algorithms agentgate implements, by their exact JOSE names.
+pub fn parse_alg(name: &str) -> Result<Algorithm, AuthError> {
+    use Algorithm::*;
+    Ok(match name {
+        "HS256" => HS256,
+        "HS384" => HS384,
+        "HS512" => HS512,
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "PS384" => PS384,
+        "PS512" => PS512,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        "EdDSA" => EdDSA,
+        other => {
+            return Err(AuthError::new(
+                ErrorCode::AlgorithmNotAllowed,
+                format!("algorithm {:?} is not accepted", truncate(other, 32)),
+            ));
+        }
+    })
+}
+
+fn check_alg(issuer: &Issuer, key: &VerifyKey, alg: Algorithm) -> Result<(), AuthError> {
+    if !issuer.algorithms.contains(&alg) {
+        return Err(alg_not_allowed(issuer, alg));
+    }
+    if !key.admits(alg) {
+        return Err(AuthError::new(
+            ErrorCode::AlgorithmNotAllowed,
+            format!("{alg:?} does not fit key {:?}, a {}", key.kid.as_deref().unwrap_or(""), key.kind.as_str()),
+        ));
+    }
+    Ok(())
+}
+
+fn alg_not_allowed(issuer: &Issuer, alg: Algorithm) -> AuthError {
+    AuthError::new(
+        ErrorCode::AlgorithmNotAllowed,
+        format!("issuer {:?} accepts {:?}, not {alg:?}", issuer.name, issuer.algorithms),
+    )
+}
+
+fn sig_invalid(issuer: Option<&Issuer>) -> AuthError {
+    let whose = issuer.map(|i| format!(" with any key of issuer {:?}", i.name)).unwrap_or_default();
+    AuthError::new(
+        ErrorCode::SignatureInvalid,
+        format!(
+            "the signature does not verify{whose}; the token was signed with another key \
+             (compare key fingerprints with `agentgate token inspect`)"
+        ),
+    )
+}
+
+fn signature_ok(key: &VerifyKey, alg: Algorithm, message: &str, signature: &str) -> bool {
+    jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg).unwrap_or(false)
+}
+
+fn verify_signature(key: &VerifyKey, alg: Algorithm, message: &str, signature: &str) -> Result<(), AuthError> {
+    if signature_ok(key, alg, message, signature) { Ok(()) } else { Err(sig_invalid(None)) }
+}
+
+/// A NumericDate: a JSON number of seconds (fractions are cut). Anything else is
+/// `token_malformed`.
+fn numeric_date(v: &Value, claim: &str) -> Result<i64, AuthError> {
+    match v {
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Ok(i)
+            } else if let Some(u) = n.as_u64() {
+                Ok(i64::try_from(u).unwrap_or(i64::MAX))
+            } else {
+                // A float: `as` saturates at the i64 range.
+                Ok(n.as_f64().map(|f| f.floor() as i64).unwrap_or(0))
+            }
+        }
+        _ => Err(AuthError::new(ErrorCode::TokenMalformed, format!("the `{claim}` claim is not a number of seconds"))),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
