@@ -7,21 +7,30 @@ pub(crate) mod demo;
 use agentgate_protocol::EventType;
 use serde_json::Value;
 
-use crate::session::Session;
+use crate::session::{NewEvent, SessionStore, StoreError, StoredEvent, now_ms};
 use std::sync::Arc;
 
-/// Where a running agent writes its events.
+/// Where a running agent writes its events: its session, through the store.
 #[derive(Debug, Clone)]
 pub struct RunSink {
-    pub(crate) session: Arc<Session>,
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) session_id: String,
     pub(crate) run_id: String,
 }
 
 impl RunSink {
     /// Emit a non-terminal event.
-    pub fn emit(&self, ty: EventType, data: Value) {
+    ///
+    /// # Errors
+    /// The session is gone (its resume window passed) or the backend is unreachable.
+    pub async fn emit(&self, ty: EventType, data: Value) -> Result<StoredEvent, StoreError> {
         debug_assert!(!ty.is_terminal());
-        self.session.emit(ty, &self.run_id, data);
+        self.append(ty, data).await
+    }
+
+    pub(crate) async fn append(&self, ty: EventType, data: Value) -> Result<StoredEvent, StoreError> {
+        let event = NewEvent { ty, run_id: self.run_id.clone(), ts_ms: now_ms(), data };
+        self.store.append(&self.session_id, event).await
     }
 }
 

@@ -11,12 +11,11 @@ use agentgate_auth::Principal;
 use agentgate_protocol::{ClientMessage, ErrorCode, PROTOCOL_V1, PrincipalInfo, Reply, Welcome};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use governor::{Quota, RateLimiter};
-use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::runs::RunStatus;
 use crate::server::AppState;
-use crate::session::{Attachment, Lookup, Owner, Session};
+use crate::session::{Holder, Owner, Subscription};
 use crate::telemetry::{self, unix_now};
 
 /// Events queued for one connection before it counts as a slow consumer.
@@ -34,8 +33,9 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// How a connection starts after the upgrade.
 #[derive(Debug)]
 pub(crate) enum Start {
-    /// Credential verified before the upgrade.
-    Authenticated { principal: Principal, resume: Option<(String, u64)>, session: Option<Arc<Session>> },
+    /// Credential verified before the upgrade. `resumable` says whether the session
+    /// of `resume` exists and belongs to the principal.
+    Authenticated { principal: Principal, resume: Option<(String, u64)>, resumable: bool },
     /// First-message auth: wait for `{"type":"auth"}`.
     AwaitAuth { resume: Option<(String, u64)> },
 }
@@ -59,42 +59,53 @@ pub(crate) async fn run(
         close(&mut socket, ErrorCode::ServerRestart).await;
         return;
     };
-    let (principal, resume, found) = match start {
-        Start::Authenticated { principal, resume, session } => (principal, resume, session),
+    let (principal, resume, resumable) = match start {
+        Start::Authenticated { principal, resume, resumable } => (principal, resume, resumable),
         Start::AwaitAuth { resume } => match await_auth(&app, &mut socket, resume, remote, &request_id).await {
             Some(x) => x,
             None => return,
         },
     };
     let conn_id = app.next_conn_id();
-    let owner = Owner { subject: principal.subject.clone(), tenant: principal.tenant.clone() };
-    let (session, last_seq, resumed, resume_error) = match (resume, found) {
-        (Some((_, last)), Some(s)) => (s, last, true, None),
-        (Some(_), None) => (app.sessions.create(owner.clone()), 0, false, Some("session_not_found")),
-        (None, _) => (app.sessions.create(owner.clone()), 0, false, None),
+    let holder = Holder { node: app.node_id.clone(), conn_id };
+    let opened = Subscription::open(
+        Arc::clone(&app.store),
+        Arc::clone(&app.hub),
+        holder,
+        &Owner::of(&principal),
+        resume,
+        resumable,
+        OUTBOUND_QUEUE,
+    )
+    .await;
+    let (mut sub, opened) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(conn_id, request_id = %request_id, error = %e, "cannot attach a session");
+            close(&mut socket, ErrorCode::ServiceUnavailable).await;
+            return;
+        }
     };
-    let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let (kick, mut kicked) = watch::channel(None);
-    let replay = session.attach(Attachment { conn_id, tx, kick }, last_seq);
-    let resume_error = resume_error.or(replay.truncated_from.map(|_| "history_truncated"));
+    let session_id = opened.session_id.clone();
     tracing::info!(
         conn_id,
         request_id = %request_id,
-        session_id = %session.id(),
+        session_id = %session_id,
         subject = %principal.subject,
         via = %principal.via,
         token_fp = %principal.token_fp,
         remote = %remote,
-        resumed,
+        resumed = opened.resumed,
+        replayed = opened.replay.len(),
         "connection accepted"
     );
     let welcome = Welcome {
         ty: "welcome",
         protocol: PROTOCOL_V1,
-        session_id: session.id().to_owned(),
-        resumed,
-        resume_error,
-        first_seq: replay.truncated_from,
+        session_id: session_id.clone(),
+        resumed: opened.resumed,
+        resume_error: opened.resume_error,
+        first_seq: opened.first_seq,
         principal: PrincipalInfo {
             subject: principal.subject.clone(),
             tenant: principal.tenant.clone(),
@@ -105,43 +116,38 @@ pub(crate) async fn run(
         heartbeat_ms: u64::try_from(HEARTBEAT.as_millis()).unwrap_or(u64::MAX),
     };
     let mut ok = send_text(&mut socket, serde_json::to_string(&welcome).unwrap_or_default()).await;
-    for event in replay.events {
+    for (_, event) in opened.replay {
         if !ok {
             break;
         }
         ok = send_text(&mut socket, event.as_ref().to_owned()).await;
     }
     let end = if ok {
-        let mut conn = Conn { app: &app, socket: &mut socket, session: &session, owner, principal, conn_id };
-        conn.serve(&mut rx, &mut kicked).await
+        let mut conn = Conn { app: &app, socket: &mut socket, sub: &mut sub, principal, conn_id };
+        conn.serve().await
     } else {
         End::Gone
     };
-    session.detach(conn_id);
+    sub.close().await;
     match end {
         End::Close(code) => {
-            tracing::info!(conn_id, session_id = %session.id(), reason = code.as_str(), "connection closed by server");
+            tracing::info!(conn_id, session_id = %session_id, reason = code.as_str(), "connection closed by server");
             close(&mut socket, code).await;
         }
-        End::Gone => tracing::debug!(conn_id, session_id = %session.id(), "connection closed by client"),
+        End::Gone => tracing::debug!(conn_id, session_id = %session_id, "connection closed by client"),
     }
 }
 
 struct Conn<'a> {
     app: &'a Arc<AppState>,
     socket: &'a mut WebSocket,
-    session: &'a Arc<Session>,
-    owner: Owner,
+    sub: &'a mut Subscription,
     principal: Principal,
     conn_id: u64,
 }
 
 impl Conn<'_> {
-    async fn serve(
-        &mut self,
-        rx: &mut mpsc::Receiver<Arc<str>>,
-        kicked: &mut watch::Receiver<Option<ErrorCode>>,
-    ) -> End {
+    async fn serve(&mut self) -> End {
         let per_s = NonZeroU32::new(self.app.config.limits.messages_per_s).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(per_s.get().saturating_mul(2)).unwrap_or(per_s);
         let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
@@ -154,14 +160,16 @@ impl Conn<'_> {
             tokio::select! {
                 biased;
                 () = crate::shutdown::wait(&mut shutdown) => return End::Close(ErrorCode::ServerRestart),
-                changed = kicked.changed() => {
-                    let code = if changed.is_ok() { *kicked.borrow() } else { None };
+                changed = self.sub.kicked.changed() => {
+                    let code = if changed.is_ok() { *self.sub.kicked.borrow() } else { None };
                     return End::Close(code.unwrap_or(ErrorCode::InternalError));
                 }
-                event = rx.recv() => match event {
-                    Some(text) => {
-                        if !send_text(self.socket, text.as_ref().to_owned()).await {
-                            return End::Gone;
+                event = self.sub.events.recv() => match event {
+                    Some(event) => {
+                        for (_, text) in self.sub.accept(event).await {
+                            if !send_text(self.socket, text.as_ref().to_owned()).await {
+                                return End::Gone;
+                            }
                         }
                     }
                     None => return End::Close(ErrorCode::SlowConsumer),
@@ -279,9 +287,9 @@ impl Conn<'_> {
                     &self.app.config,
                     &agent,
                     &input,
-                    &self.owner,
-                    &self.principal.scopes,
-                    self.session,
+                    &self.principal,
+                    &self.app.store,
+                    self.sub.session_id(),
                 );
                 match prepared {
                     Ok(run) => {
@@ -294,7 +302,7 @@ impl Conn<'_> {
                 }
             }
             ClientMessage::RunCancel { r#ref, run_id } => {
-                if self.app.runs.cancel(&run_id, &self.owner) {
+                if self.app.runs.cancel(&run_id, &Owner::of(&self.principal)) {
                     true
                 } else {
                     self.reply(Reply::Error {
@@ -305,7 +313,7 @@ impl Conn<'_> {
                     .await
                 }
             }
-            ClientMessage::RunGet { r#ref, run_id } => match self.app.runs.get(&run_id, &self.owner) {
+            ClientMessage::RunGet { r#ref, run_id } => match self.app.runs.get(&run_id, &Owner::of(&self.principal)) {
                 Some((status, terminal)) => {
                     let terminal = if status == RunStatus::Running { None } else { terminal };
                     self.reply(Reply::RunState { r#ref, run_id, status: status.as_str(), terminal }).await
@@ -333,7 +341,7 @@ async fn await_auth(
     resume: Option<(String, u64)>,
     remote: SocketAddr,
     request_id: &str,
-) -> Option<(Principal, Option<(String, u64)>, Option<Arc<Session>>)> {
+) -> Option<(Principal, Option<(String, u64)>, bool)> {
     let deadline = app.config.auth.first_message_timeout;
     let mut shutdown = app.shutdown_rx();
     let first = tokio::select! {
@@ -360,15 +368,9 @@ async fn await_auth(
                             Some(sid) => Some((sid, last_seq.unwrap_or(0))),
                             None => resume,
                         };
-                        let owner = Owner { subject: p.subject.clone(), tenant: p.tenant.clone() };
-                        match resume.as_ref().map(|(sid, _)| app.sessions.lookup(sid, &owner)) {
-                            Some(Lookup::Forbidden) => Err(fail(
-                                ErrorCode::SessionForbidden,
-                                "that session belongs to another subject or tenant".into(),
-                                fp,
-                            )),
-                            Some(Lookup::Found(s)) => Ok((p, resume, Some(s))),
-                            Some(Lookup::NotFound) | None => Ok((p, resume, None)),
+                        match crate::routes::resume_check(app, &p, resume.as_ref()).await {
+                            Ok(resumable) => Ok((p, resume, resumable)),
+                            Err((code, message)) => Err(fail(code, message, fp)),
                         }
                     }
                     Err(e) => Err(fail(e.code(), e.message().to_owned(), fp)),

@@ -2,7 +2,7 @@
 //!
 //! Everything decidable from the request is decided here, before the upgrade, in the
 //! contract's order: `Origin`, credentials (ambiguity, verification, anonymity), then
-//! resume ownership. A refusal is delivered by [`reject`] as HTTP or as an immediate
+//! resume ownership. A refusal is delivered by `reject` as HTTP or as an immediate
 //! close, per `server.failure_mode`.
 
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use crate::connection::{self, Start};
 use crate::credentials::{self, Endpoint, Found};
 use crate::error::Rejection;
 use crate::server::AppState;
-use crate::session::{Lookup, Owner};
+use crate::session::Owner;
 use crate::telemetry;
 
 /// The router of the main listener.
@@ -57,7 +57,7 @@ async fn agent_ws(
     let request_id = id::request_id();
     let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
     let ws = ws.ok();
-    match decide(&app, &headers, &query, origin.as_deref(), &request_id) {
+    match decide(&app, &headers, &query, origin.as_deref(), &request_id).await {
         Ok(start) => {
             let Some(ws) = ws else {
                 let r = Rejection::new(
@@ -76,7 +76,7 @@ async fn agent_ws(
 }
 
 /// The pre-upgrade decisions; `Ok` carries what the connection starts with.
-fn decide(
+async fn decide(
     app: &AppState,
     headers: &HeaderMap,
     query: &[(String, String)],
@@ -118,25 +118,27 @@ fn decide(
         .authenticator
         .verify(&credential.value, telemetry::unix_now())
         .map_err(|e| Rejection::new(e.code(), e.message(), request_id).with_token_fp(fp))?;
-    let session = match &resume {
-        Some((sid, _)) => {
-            let owner = Owner { subject: principal.subject.clone(), tenant: principal.tenant.clone() };
-            match app.sessions.lookup(sid, &owner) {
-                Lookup::Found(s) => Some(s),
-                Lookup::NotFound => None,
-                Lookup::Forbidden => {
-                    return Err(Rejection::new(
-                        ErrorCode::SessionForbidden,
-                        "that session belongs to another subject or tenant",
-                        request_id,
-                    )
-                    .with_token_fp(Some(principal.token_fp.clone())));
-                }
-            }
-        }
-        None => None,
-    };
-    Ok(Start::Authenticated { principal, resume, session })
+    let resumable = resume_check(app, &principal, resume.as_ref())
+        .await
+        .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone())))?;
+    Ok(Start::Authenticated { principal, resume, resumable })
+}
+
+/// Whether the session to resume exists and belongs to the principal: `Ok(true)` to
+/// resume, `Ok(false)` for `session_not_found`, `Err` for `session_forbidden` (or an
+/// unreachable backend).
+pub(crate) async fn resume_check(
+    app: &AppState,
+    principal: &agentgate_auth::Principal,
+    resume: Option<&(String, u64)>,
+) -> Result<bool, (ErrorCode, String)> {
+    let Some((sid, _)) = resume else { return Ok(false) };
+    match app.store.owner(sid).await {
+        Ok(Some(owner)) if owner == Owner::of(principal) => Ok(true),
+        Ok(Some(_)) => Err((ErrorCode::SessionForbidden, "that session belongs to another subject or tenant".into())),
+        Ok(None) => Ok(false),
+        Err(e) => Err((ErrorCode::ServiceUnavailable, format!("the session backend is unreachable: {e}"))),
+    }
 }
 
 /// `session_id` and `last_seq` query parameters.

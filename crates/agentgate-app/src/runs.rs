@@ -12,7 +12,8 @@ use tokio::sync::{oneshot, watch};
 
 use crate::agents::{Outcome, RunSink, demo};
 use crate::config::{AgentKind, Config};
-use crate::session::{Owner, Session};
+use crate::session::{Owner, SessionStore};
+use agentgate_auth::Principal;
 
 /// Lifecycle of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +78,7 @@ impl Runs {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Start `agent` for `principal_scopes`/`owner` on `session`. Returns the run id;
+    /// Register a run of `agent` for `principal` on its session. Returns the run id;
     /// the caller sends `run.accepted` and then calls the returned starter, so the
     /// reply precedes the first event.
     ///
@@ -88,9 +89,9 @@ impl Runs {
         config: &Config,
         agent: &str,
         input: &Map<String, Value>,
-        owner: &Owner,
-        scopes: &[String],
-        session: &Arc<Session>,
+        principal: &Principal,
+        store: &Arc<dyn SessionStore>,
+        session_id: &str,
     ) -> Result<PreparedRun, StartError> {
         let Some(agent_cfg) = config.agent(agent) else {
             let known: Vec<&str> = config.agents.iter().map(|a| a.name.as_str()).collect();
@@ -99,7 +100,7 @@ impl Runs {
                 message: format!("no agent named {:?}; this gateway runs {known:?}", truncate(agent, 64)),
             });
         };
-        if !scopes.contains(&agent_cfg.scope) {
+        if !principal.has_scope(&agent_cfg.scope) {
             return Err(StartError {
                 code: ErrorCode::ScopeMissing,
                 message: format!("running agent {:?} needs scope {:?}", agent_cfg.name, agent_cfg.scope),
@@ -114,7 +115,8 @@ impl Runs {
             let mut map = self.map();
             let now = Instant::now();
             map.retain(|_, e| e.finished_at.is_none_or(|t| now.duration_since(t) < self.retention));
-            let active = map.values().filter(|e| e.owner == *owner && e.status == RunStatus::Running).count();
+            let owner = Owner::of(principal);
+            let active = map.values().filter(|e| e.owner == owner && e.status == RunStatus::Running).count();
             if active >= self.per_principal_limit {
                 return Err(StartError {
                     code: ErrorCode::TooManyRuns,
@@ -127,7 +129,7 @@ impl Runs {
             map.insert(
                 run_id.clone(),
                 RunEntry {
-                    owner: owner.clone(),
+                    owner,
                     status: RunStatus::Running,
                     terminal: None,
                     cancel: Some(cancel_tx),
@@ -137,7 +139,7 @@ impl Runs {
         }
         Ok(PreparedRun {
             runs: Arc::clone(self),
-            sink: RunSink { session: Arc::clone(session), run_id: run_id.clone() },
+            sink: RunSink { store: Arc::clone(store), session_id: session_id.to_owned(), run_id: run_id.clone() },
             agent: agent_cfg.name.clone(),
             input: demo_input,
             cancel: cancel_rx,
@@ -176,6 +178,15 @@ impl Runs {
     /// Number of running runs.
     pub fn active(&self) -> usize {
         self.map().values().filter(|e| e.status == RunStatus::Running).count()
+    }
+
+    /// A run whose session is gone (its resume window passed with nobody attached)
+    /// can deliver nothing more: it ends as cancelled, with a terminal event that was
+    /// never delivered (it has no `seq`).
+    fn abandon(&self, run_id: &str, why: &crate::session::StoreError) {
+        tracing::info!(run_id, error = %why, "run abandoned: its session can no longer receive events");
+        let terminal = json!({"type": "run_cancelled", "run_id": run_id, "data": {}});
+        self.finish(run_id, RunStatus::Cancelled, terminal);
     }
 
     fn finish(&self, run_id: &str, status: RunStatus, terminal: Value) {
@@ -217,12 +228,18 @@ impl PreparedRun {
     async fn drive(self) {
         let PreparedRun { runs, sink, agent, input, mut cancel, run_id } = self;
         let mut shutdown = runs.shutdown.clone();
-        sink.emit(EventType::AgentStarted, json!({"agent": agent}));
-        let work = demo::run(input, sink.clone());
+        let work = async {
+            sink.append(EventType::AgentStarted, json!({"agent": agent})).await?;
+            demo::run(input, sink.clone()).await
+        };
         let (ty, status, data) = tokio::select! {
             outcome = work => match outcome {
-                Outcome::Completed(result) => (EventType::AgentCompleted, RunStatus::Completed, json!({"result": result})),
-                Outcome::Failed { code, message } => (EventType::AgentFailed, RunStatus::Failed, json!({"code": code, "message": message})),
+                Ok(Outcome::Completed(result)) => (EventType::AgentCompleted, RunStatus::Completed, json!({"result": result})),
+                Ok(Outcome::Failed { code, message }) => (EventType::AgentFailed, RunStatus::Failed, json!({"code": code, "message": message})),
+                Err(e) => {
+                    runs.abandon(&run_id, &e);
+                    return;
+                }
             },
             _ = &mut cancel => (EventType::RunCancelled, RunStatus::Cancelled, json!({})),
             () = crate::shutdown::wait(&mut shutdown) => (
@@ -231,9 +248,13 @@ impl PreparedRun {
                 json!({"code": "node_shutdown", "message": "the gateway node shut down during the run"}),
             ),
         };
-        let (_seq, text) = sink.session.emit(ty, &run_id, data);
-        let terminal = serde_json::from_str(&text).unwrap_or(Value::Null);
-        runs.finish(&run_id, status, terminal);
+        match sink.append(ty, data).await {
+            Ok((_seq, text)) => {
+                let terminal = serde_json::from_str(&text).unwrap_or(Value::Null);
+                runs.finish(&run_id, status, terminal);
+            }
+            Err(e) => runs.abandon(&run_id, &e),
+        }
     }
 }
 

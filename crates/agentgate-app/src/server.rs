@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::runs::Runs;
-use crate::session::SessionStore;
+use crate::session::{Hub, MemoryStore, SessionStore};
 
 /// Read buffer per WebSocket. tungstenite's default (128 KiB) would dominate the cost
 /// of an idle connection; frames larger than this are still read, in several reads.
@@ -27,8 +27,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct AppState {
     /// The configuration.
     pub config: Config,
-    /// Sessions.
-    pub sessions: SessionStore,
+    /// Durable session state.
+    pub store: Arc<dyn SessionStore>,
+    /// Local delivery to this node's connections.
+    pub hub: Arc<Hub>,
+    /// This node's id (random per process), naming session holders.
+    pub node_id: String,
     /// Runs.
     pub runs: Arc<Runs>,
     shutdown: watch::Sender<bool>,
@@ -45,10 +49,14 @@ impl AppState {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (tracker, tracked_rx) = mpsc::channel(1);
         let runs = Arc::new(Runs::new(config.runs.retention, config.limits.runs_per_principal, shutdown_rx));
-        let sessions = SessionStore::new(config.sessions.buffer_events, config.sessions.resume_window);
+        let hub = Arc::new(Hub::default());
+        let store: Arc<dyn SessionStore> =
+            Arc::new(MemoryStore::new(config.sessions.buffer_events, config.sessions.resume_window, Arc::clone(&hub)));
         let state = Arc::new(Self {
             config,
-            sessions,
+            store,
+            hub,
+            node_id: agentgate_protocol::id::new_id("n_"),
             runs,
             shutdown,
             tracker: Mutex::new(Some(tracker)),
@@ -130,10 +138,7 @@ async fn sweep(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
-        let expired = state.sessions.sweep();
-        if !expired.is_empty() {
-            tracing::debug!(count = expired.len(), "expired detached sessions");
-        }
+        state.store.sweep().await;
         state.runs.sweep();
     }
 }

@@ -280,3 +280,32 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::ErrorCode;
+
+    /// `docs/errors.md` must list every code with its HTTP status and close code.
+    #[test]
+    fn errors_md_lists_every_code_with_its_status_and_close_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/errors.md");
+        let doc = std::fs::read_to_string(path).expect("docs/errors.md exists");
+        for code in ErrorCode::ALL {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", code.as_str())))
+                .unwrap_or_else(|| panic!("docs/errors.md has no row for {code}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let http = code.http_status().map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+            assert_eq!(cells[2], http, "HTTP status of {code} in docs/errors.md");
+            let close = if code.http_status().is_none()
+                && matches!(code, ErrorCode::AgentUnknown | ErrorCode::TooManyRuns | ErrorCode::RunNotFound)
+            {
+                "-".to_owned()
+            } else {
+                code.close_code().to_string()
+            };
+            assert_eq!(cells[3], close, "close code of {code} in docs/errors.md");
+        }
+    }
+}

@@ -9,6 +9,7 @@ use agentgate_protocol::EventType;
 use serde_json::{Map, Value, json};
 
 use super::{Outcome, RunSink};
+use crate::session::StoreError;
 
 /// Largest accepted `delay_ms`.
 pub(crate) const MAX_DELAY_MS: u64 = 5000;
@@ -49,27 +50,31 @@ impl DemoInput {
 
 /// Run the demo. `agent_started` is emitted by the caller before this starts; every
 /// later event, the terminal one included, comes `delay` after the previous one.
-pub(crate) async fn run(input: DemoInput, sink: RunSink) -> Outcome {
+///
+/// # Errors
+/// The session is gone or its backend unreachable: the run cannot be delivered.
+pub(crate) async fn run(input: DemoInput, sink: RunSink) -> Result<Outcome, StoreError> {
     let words = input.prompt.split_whitespace().count();
     let pause = || tokio::time::sleep(input.delay);
     pause().await;
-    sink.emit(
-        EventType::AgentThinking,
-        json!({"text": format!("Counting the words of a {}-character prompt.", input.prompt.chars().count())}),
-    );
+    let chars = input.prompt.chars().count();
+    sink.emit(EventType::AgentThinking, json!({"text": format!("Counting the words of a {chars}-character prompt.")}))
+        .await?;
     pause().await;
     let arguments = json!({"text": input.prompt});
-    sink.emit(EventType::ToolExecuting, json!({"tool": "word_count", "call_id": "c_1", "arguments": arguments}));
+    sink.emit(EventType::ToolExecuting, json!({"tool": "word_count", "call_id": "c_1", "arguments": arguments}))
+        .await?;
     pause().await;
-    sink.emit(EventType::ToolCompleted, json!({"tool": "word_count", "call_id": "c_1", "result": {"words": words}}));
+    sink.emit(EventType::ToolCompleted, json!({"tool": "word_count", "call_id": "c_1", "result": {"words": words}}))
+        .await?;
     pause().await;
-    sink.emit(EventType::AgentMessage, json!({"text": format!("The prompt has {words} words.")}));
+    sink.emit(EventType::AgentMessage, json!({"text": format!("The prompt has {words} words.")})).await?;
     pause().await;
-    if input.fail {
+    Ok(if input.fail {
         Outcome::Failed { code: "demo_failure".into(), message: "the demo agent was asked to fail".into() }
     } else {
         Outcome::Completed(json!({"words": words}))
-    }
+    })
 }
 
 #[cfg(test)]

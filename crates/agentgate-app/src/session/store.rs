@@ -1,0 +1,92 @@
+//! The session store interface: everything about a session that must survive a
+//! connection, and that several gateway nodes must share. The in-memory store
+//! ([`super::MemoryStore`]) implements it today; a Redis store implements the same
+//! operations (`INCR` + sorted set + `PUBLISH` in one script for `append`, key TTLs for
+//! expiry), so no semantics live outside this trait.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use agentgate_protocol::EventType;
+use serde_json::Value;
+
+use super::Owner;
+
+/// A boxed future, so the store can be used as `Arc<dyn SessionStore>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A session store fault.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The session does not exist (never did, or expired).
+    #[error("session not found")]
+    NotFound,
+    /// The backend cannot be reached.
+    #[error("session backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// An event to append; the store gives it its `seq`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Event type.
+    pub ty: EventType,
+    /// The run that produced it.
+    pub run_id: String,
+    /// Server time, Unix milliseconds.
+    pub ts_ms: u64,
+    /// Payload.
+    pub data: Value,
+}
+
+/// An event as stored: its seq and its exact JSON text (the `seq` is inside).
+pub type StoredEvent = (u64, Arc<str>);
+
+/// Events after a seq, from the buffer.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Buffered events with a seq greater than the one asked for, oldest first.
+    pub events: Vec<StoredEvent>,
+    /// The newest seq of the session (0 before any event).
+    pub last_seq: u64,
+}
+
+/// Identifies one connection holding a session, across nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Node id (random per process).
+    pub node: String,
+    /// Connection id within the node.
+    pub conn_id: u64,
+}
+
+/// Durable session state: identity, seq, bounded event buffer, time to live.
+pub trait SessionStore: Send + Sync + Debug + 'static {
+    /// Create a session for `owner`, detached (its resume window running) until
+    /// attached. Returns its id.
+    fn create(&self, owner: Owner) -> BoxFuture<'_, Result<String, StoreError>>;
+
+    /// The owner of a live session; `None` if unknown or expired.
+    fn owner(&self, session_id: &str) -> BoxFuture<'_, Result<Option<Owner>, StoreError>>;
+
+    /// Give `event` the session's next seq (contiguous from 1), keep it in the
+    /// bounded buffer, and publish it for live delivery, atomically: events of one
+    /// session are published in seq order.
+    fn append(&self, session_id: &str, event: NewEvent) -> BoxFuture<'_, Result<StoredEvent, StoreError>>;
+
+    /// Buffered events with seq greater than `after`.
+    fn read_after(&self, session_id: &str, after: u64) -> BoxFuture<'_, Result<History, StoreError>>;
+
+    /// Record `holder` as the connection attached to the session (stopping its
+    /// expiry). Any other holder, on any node, is told it was taken over.
+    fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// If `holder` is attached, detach it and start the resume window.
+    fn detach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Drop sessions whose resume window has passed (a no-op where the backend
+    /// expires keys itself).
+    fn sweep(&self) -> BoxFuture<'_, ()>;
+}

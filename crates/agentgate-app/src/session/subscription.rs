@@ -1,0 +1,165 @@
+//! One connection's subscription to its session: attach (to the hub, then the store),
+//! read what to replay, then accept live events through a [`Cursor`] so that nothing
+//! is delivered twice and nothing after `last_seq` is skipped, whichever order the
+//! replay and live paths race in. The connection task and the property tests both use
+//! this type, so the tests check the code that runs.
+
+use std::sync::Arc;
+
+use agentgate_protocol::ErrorCode;
+use tokio::sync::{mpsc, watch};
+
+use super::Owner;
+use super::cursor::{Cursor, Step, resume_point};
+use super::hub::{Attachment, Hub};
+use super::store::{Holder, SessionStore, StoreError, StoredEvent};
+
+/// What a client asked to resume: session id and last seen seq.
+pub type Resume = Option<(String, u64)>;
+
+/// The result of opening: what the welcome says and what to replay.
+#[derive(Debug)]
+pub struct Opened {
+    /// The session id (the resumed one, or a new one).
+    pub session_id: String,
+    /// Whether an existing session was resumed.
+    pub resumed: bool,
+    /// `session_not_found` or `history_truncated`.
+    pub resume_error: Option<&'static str>,
+    /// With `history_truncated`: the first seq replayed.
+    pub first_seq: Option<u64>,
+    /// Events to send before live ones, in order.
+    pub replay: Vec<StoredEvent>,
+}
+
+/// A live subscription. Close it with [`Subscription::close`].
+#[derive(Debug)]
+pub struct Subscription {
+    session_id: String,
+    store: Arc<dyn SessionStore>,
+    hub: Arc<Hub>,
+    holder: Holder,
+    cursor: Cursor,
+    /// Live events, in publication order. Receiving is cancel-safe.
+    pub events: mpsc::Receiver<StoredEvent>,
+    /// Set when the connection must close (slow consumer, takeover).
+    pub kicked: watch::Receiver<Option<ErrorCode>>,
+}
+
+impl Subscription {
+    /// Attach `holder` to the session to resume (when `resumable`, i.e. it exists and
+    /// belongs to `owner`) or to a new session, with a live queue of `queue` events.
+    ///
+    /// # Errors
+    /// The store cannot be used.
+    pub async fn open(
+        store: Arc<dyn SessionStore>,
+        hub: Arc<Hub>,
+        holder: Holder,
+        owner: &Owner,
+        resume: Resume,
+        resumable: bool,
+        queue: usize,
+    ) -> Result<(Self, Opened), StoreError> {
+        let (tx, events) = mpsc::channel(queue.max(1));
+        let (kick, kicked) = watch::channel(None);
+        let mut attachment = Some(Attachment { conn_id: holder.conn_id, tx, kick });
+        let (mut last_seq, mut resume_error) = (0, None);
+        let mut session_id = None;
+        if let Some((sid, last)) = resume {
+            if resumable {
+                hub.attach(&sid, attachment.take().expect("attachment unused"));
+                match store.attach(&sid, holder.clone()).await {
+                    Ok(()) => {
+                        last_seq = last;
+                        session_id = Some(sid);
+                    }
+                    Err(StoreError::NotFound) => {
+                        // Expired between the handshake's check and now.
+                        attachment = hub.take(&sid, holder.conn_id);
+                        resume_error = Some("session_not_found");
+                    }
+                    Err(e) => {
+                        hub.detach(&sid, holder.conn_id);
+                        return Err(e);
+                    }
+                }
+            } else {
+                resume_error = Some("session_not_found");
+            }
+        }
+        let resumed = session_id.is_some();
+        let session_id = match session_id {
+            Some(sid) => sid,
+            None => {
+                let sid = store.create(owner.clone()).await?;
+                let Some(attachment) = attachment else {
+                    return Err(StoreError::Unavailable("attachment lost".into()));
+                };
+                hub.attach(&sid, attachment);
+                store.attach(&sid, holder.clone()).await?;
+                sid
+            }
+        };
+        let history = match store.read_after(&session_id, last_seq).await {
+            Ok(h) => h,
+            Err(e) => {
+                hub.detach(&session_id, holder.conn_id);
+                return Err(e);
+            }
+        };
+        let (start, first_seq) = resume_point(last_seq, history.events.first().map(|e| e.0), history.last_seq);
+        if first_seq.is_some() {
+            resume_error = Some("history_truncated");
+        }
+        let mut cursor = Cursor::after(start);
+        let replay: Vec<StoredEvent> = history.events.into_iter().filter(|(s, _)| *s > start).collect();
+        if let Some((last, _)) = replay.last() {
+            cursor.advance(*last);
+        }
+        let opened = Opened { session_id: session_id.clone(), resumed, resume_error, first_seq, replay };
+        Ok((Self { session_id, store, hub, holder, cursor, events, kicked }, opened))
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The last seq delivered on this subscription.
+    pub fn delivered(&self) -> u64 {
+        self.cursor.delivered()
+    }
+
+    /// Turn one live event into what to send now: nothing for a duplicate, the event
+    /// itself when it is the next one, or the missing events (read from the store)
+    /// followed by it.
+    pub async fn accept(&mut self, (seq, text): StoredEvent) -> Vec<StoredEvent> {
+        match self.cursor.step(seq) {
+            Step::Skip => Vec::new(),
+            Step::Deliver => {
+                self.cursor.advance(seq);
+                vec![(seq, text)]
+            }
+            Step::Gap { after } => {
+                let mut out = Vec::new();
+                if let Ok(history) = self.store.read_after(&self.session_id, after).await {
+                    out.extend(history.events.into_iter().filter(|(s, _)| *s < seq));
+                }
+                out.push((seq, text));
+                if let Some((last, _)) = out.last() {
+                    self.cursor.advance(*last);
+                }
+                out
+            }
+        }
+    }
+
+    /// Detach from the hub and the store; the session's resume window starts.
+    pub async fn close(self) {
+        self.hub.detach(&self.session_id, self.holder.conn_id);
+        if let Err(e) = self.store.detach(&self.session_id, self.holder.clone()).await {
+            tracing::warn!(session_id = %self.session_id, error = %e, "could not detach session");
+        }
+    }
+}
