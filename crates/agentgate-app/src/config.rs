@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Separate metrics listener.
     pub metrics_listen: Option<String>,
+    /// Interval of server pings (extension key `server.heartbeat_ms`).
+    pub heartbeat: Duration,
 }
 
 /// `[auth]` settings other than the credential sources.
@@ -243,6 +245,7 @@ impl Config {
             return Err(ConfigError::new("server.listen", "empty address; write host:port"));
         }
         positive(f.server.max_message_bytes, "server.max_message_bytes")?;
+        positive(f.server.heartbeat_ms, "server.heartbeat_ms")?;
         positive(f.sessions.buffer_events, "sessions.buffer_events")?;
         positive(f.limits.messages_per_s, "limits.messages_per_s")?;
         positive(f.limits.runs_per_principal, "limits.runs_per_principal")?;
@@ -382,6 +385,7 @@ impl Config {
                 max_message_bytes: usize::try_from(f.server.max_message_bytes).unwrap_or(usize::MAX),
                 shutdown_grace: Duration::from_secs(f.server.shutdown_grace_s),
                 metrics_listen: f.server.metrics_listen,
+                heartbeat: Duration::from_millis(f.server.heartbeat_ms),
             },
             auth: AuthConfig {
                 query_token: f.auth.query_token,

@@ -21,9 +21,6 @@ use crate::telemetry::{self, unix_now};
 /// Events queued for one connection before it counts as a slow consumer.
 pub const OUTBOUND_QUEUE: usize = 256;
 
-/// Interval of server pings, announced as `heartbeat_ms` in the welcome.
-pub const HEARTBEAT: Duration = Duration::from_secs(25);
-
 /// A peer silent for this many heartbeats is considered dead and closed.
 const DEAD_AFTER_HEARTBEATS: u32 = 3;
 
@@ -113,7 +110,7 @@ pub(crate) async fn run(
             via: principal.via.clone(),
         },
         expires_at: principal.expires_at,
-        heartbeat_ms: u64::try_from(HEARTBEAT.as_millis()).unwrap_or(u64::MAX),
+        heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
     };
     let mut ok = send_text(&mut socket, serde_json::to_string(&welcome).unwrap_or_default()).await;
     for (_, event) in opened.replay {
@@ -152,7 +149,8 @@ impl Conn<'_> {
         let burst = NonZeroU32::new(per_s.get().saturating_mul(2)).unwrap_or(per_s);
         let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
         let mut shutdown = self.app.shutdown_rx();
-        let mut ping = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
+        let heartbeat = self.app.config.server.heartbeat;
+        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         let mut last_seen = Instant::now();
         let mut warned = false;
         loop {
@@ -215,7 +213,7 @@ impl Conn<'_> {
                 }
                 () = sleep_until_opt(expire_at) => return End::Close(ErrorCode::TokenExpired),
                 _ = ping.tick() => {
-                    if last_seen.elapsed() >= HEARTBEAT * DEAD_AFTER_HEARTBEATS {
+                    if last_seen.elapsed() >= heartbeat * DEAD_AFTER_HEARTBEATS {
                         tracing::info!(conn_id = self.conn_id, "peer silent for {} heartbeats; closing", DEAD_AFTER_HEARTBEATS);
                         return End::Gone;
                     }

@@ -30,6 +30,8 @@ pub(crate) struct ServerFile {
     pub(crate) max_message_bytes: u64,
     pub(crate) shutdown_grace_s: u64,
     pub(crate) metrics_listen: Option<String>,
+    /// agentgate extension: interval of server pings, announced in the welcome.
+    pub(crate) heartbeat_ms: u64,
 }
 
 impl Default for ServerFile {
@@ -43,6 +45,7 @@ impl Default for ServerFile {
             max_message_bytes: 1_048_576,
             shutdown_grace_s: 10,
             metrics_listen: None,
+            heartbeat_ms: 25_000,
         }
     }
 }
