@@ -13,10 +13,12 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
+use crate::limits::Slot;
 use crate::runs::RunStatus;
 use crate::server::AppState;
 use crate::session::{Holder, Owner, Subscription};
 use crate::telemetry::{self, unix_now};
+use std::net::IpAddr;
 
 /// Events queued for one connection before it counts as a slow consumer.
 pub const OUTBOUND_QUEUE: usize = 256;
@@ -32,10 +34,13 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 pub(crate) enum Start {
     /// Credential verified before the upgrade. `resumable` says whether the session
     /// of `resume` exists and belongs to the principal.
-    Authenticated { principal: Principal, resume: Option<(String, u64)>, resumable: bool },
+    Authenticated { principal: Box<Principal>, resume: Option<(String, u64)>, resumable: bool, slots: Slots },
     /// First-message auth: wait for `{"type":"auth"}`.
-    AwaitAuth { resume: Option<(String, u64)> },
+    AwaitAuth { resume: Option<(String, u64)>, ip_slot: Slot<IpAddr> },
 }
+
+/// The connection's places in the per-IP and per-principal counts, held until it ends.
+pub(crate) type Slots = (Slot<IpAddr>, Slot<Owner>);
 
 /// Why the loop ended.
 enum End {
@@ -56,12 +61,14 @@ pub(crate) async fn run(
         close(&mut socket, ErrorCode::ServerRestart).await;
         return;
     };
-    let (principal, resume, resumable) = match start {
-        Start::Authenticated { principal, resume, resumable } => (principal, resume, resumable),
-        Start::AwaitAuth { resume } => match await_auth(&app, &mut socket, resume, remote, &request_id).await {
-            Some(x) => x,
-            None => return,
-        },
+    let (principal, resume, resumable, _slots) = match start {
+        Start::Authenticated { principal, resume, resumable, slots } => (*principal, resume, resumable, slots),
+        Start::AwaitAuth { resume, ip_slot } => {
+            match await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot).await {
+                Some(x) => x,
+                None => return,
+            }
+        }
     };
     let conn_id = app.next_conn_id();
     let holder = Holder { node: app.node_id.clone(), conn_id };
@@ -153,11 +160,19 @@ impl Conn<'_> {
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         let mut last_seen = Instant::now();
         let mut warned = false;
+        let mut revoked = self.app.revocations.subscribe();
         loop {
             let (warn_at, expire_at) = self.expiry_deadlines();
             tokio::select! {
                 biased;
                 () = crate::shutdown::wait(&mut shutdown) => return End::Close(ErrorCode::ServerRestart),
+                Ok(()) = revoked.changed() => {
+                    use agentgate_auth::Revocations;
+                    let p = &self.principal;
+                    if self.app.revocations.is_revoked(p.jti.as_deref(), &p.subject, p.issued_at) {
+                        return End::Close(ErrorCode::TokenRevoked);
+                    }
+                }
                 changed = self.sub.kicked.changed() => {
                     let code = if changed.is_ok() { *self.sub.kicked.borrow() } else { None };
                     return End::Close(code.unwrap_or(ErrorCode::InternalError));
@@ -259,7 +274,7 @@ impl Conn<'_> {
                 return Some(End::Close(ErrorCode::ProtocolError));
             }
             ClientMessage::AuthRefresh { token } => {
-                let p = match self.app.config.authenticator.verify(&token, unix_now()) {
+                let p = match self.app.auth.verify(&token, unix_now()) {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::info!(
@@ -339,7 +354,8 @@ async fn await_auth(
     resume: Option<(String, u64)>,
     remote: SocketAddr,
     request_id: &str,
-) -> Option<(Principal, Option<(String, u64)>, bool)> {
+    ip_slot: Slot<IpAddr>,
+) -> Option<(Principal, Option<(String, u64)>, bool, Slots)> {
     let deadline = app.config.auth.first_message_timeout;
     let mut shutdown = app.shutdown_rx();
     let first = tokio::select! {
@@ -360,15 +376,18 @@ async fn await_auth(
         Ok(Some(Ok(Message::Text(text)))) => match ClientMessage::parse(text.as_str()) {
             Ok(ClientMessage::Auth { token, session_id, last_seq }) => {
                 let fp = Some(agentgate_auth::fingerprint(token.as_bytes()));
-                match app.config.authenticator.verify(&token, unix_now()) {
+                match app.auth.verify(&token, unix_now()) {
                     Ok(p) => {
                         let resume = match session_id.filter(|s| !s.is_empty()) {
                             Some(sid) => Some((sid, last_seq.unwrap_or(0))),
                             None => resume,
                         };
-                        match crate::routes::resume_check(app, &p, resume.as_ref()).await {
-                            Ok(resumable) => Ok((p, resume, resumable)),
+                        match crate::routes::admit_principal(app, &p) {
                             Err((code, message)) => Err(fail(code, message, fp)),
+                            Ok(slot) => match crate::routes::resume_check(app, &p, resume.as_ref()).await {
+                                Ok(resumable) => Ok((p, resume, resumable, (ip_slot, slot))),
+                                Err((code, message)) => Err(fail(code, message, fp)),
+                            },
                         }
                     }
                     Err(e) => Err(fail(e.code(), e.message().to_owned(), fp)),

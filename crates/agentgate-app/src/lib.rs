@@ -8,6 +8,9 @@
 //! - [`server`]: shared [`AppState`], [`serve`], graceful shutdown.
 //! - [`routes`]: the pre-upgrade decisions for `/v1/ws`, health endpoints.
 //! - [`credentials`]: finding the one credential on a request.
+//! - [`limits`]: handshake rate and connection caps.
+//! - [`tickets`], [`revocation`], [`api`]: one-time tickets, the revocation list,
+//!   and their HTTP endpoints.
 //! - [`error`]: a [`Rejection`] as an HTTP response or close frame.
 //! - [`connection`]: the life of one WebSocket after the upgrade.
 //! - [`session`]: sessions, seq numbers, replay buffer, delivery.
@@ -15,16 +18,20 @@
 //! - [`telemetry`]: logs that never carry a secret.
 
 pub mod agents;
+pub mod api;
 pub mod config;
 pub mod connection;
 pub mod credentials;
 pub mod error;
+pub mod limits;
+pub mod revocation;
 pub mod routes;
 pub mod runs;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tickets;
 
 pub use config::{Config, ConfigError, Env};
 pub use error::Rejection;

@@ -21,14 +21,18 @@ use crate::config::FailureMode;
 use crate::connection::{self, Start};
 use crate::credentials::{self, Endpoint, Found};
 use crate::error::Rejection;
+use crate::limits::Slot;
 use crate::server::AppState;
 use crate::session::Owner;
 use crate::telemetry;
+use agentgate_auth::Principal;
 
 /// The router of the main listener.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/ws", get(agent_ws))
+        .route("/v1/tickets", axum::routing::post(crate::api::tickets).options(crate::api::tickets_preflight))
+        .route("/v1/admin/revoke", axum::routing::post(crate::api::revoke))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -57,7 +61,7 @@ async fn agent_ws(
     let request_id = id::request_id();
     let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
     let ws = ws.ok();
-    match decide(&app, &headers, &query, origin.as_deref(), &request_id).await {
+    match decide(&app, &headers, &query, origin.as_deref(), remote, &request_id).await {
         Ok(start) => {
             let Some(ws) = ws else {
                 let r = Rejection::new(
@@ -75,14 +79,40 @@ async fn agent_ws(
     }
 }
 
-/// The pre-upgrade decisions; `Ok` carries what the connection starts with.
+/// The pre-upgrade decisions, in the contract's order; `Ok` carries what the
+/// connection starts with, holding its places in the connection counts.
 async fn decide(
     app: &AppState,
     headers: &HeaderMap,
     query: &[(String, String)],
     origin: Option<&str>,
+    remote: SocketAddr,
     request_id: &str,
 ) -> Result<Start, Rejection> {
+    if let Err(wait) = app.limits.handshake(remote.ip()) {
+        let mut r = Rejection::new(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} handshakes per second from this address; retry after the pause",
+                app.config.limits.handshakes_per_ip_per_s
+            ),
+            request_id,
+        );
+        r.retry_after_s = Some(wait.as_secs().max(1));
+        return Err(r);
+    }
+    let Some(ip_slot) = app.limits.per_ip.acquire(remote.ip()) else {
+        let mut r = Rejection::new(
+            ErrorCode::TooManyConnections,
+            format!(
+                "this address already holds {} connections (limits.connections_per_ip)",
+                app.config.limits.connections_per_ip
+            ),
+            request_id,
+        );
+        r.retry_after_s = Some(1);
+        return Err(r);
+    };
     if let Some(origin) = origin
         && !app.config.origin_allowed(origin)
     {
@@ -99,29 +129,57 @@ async fn decide(
         Found::One(c) => c,
         Found::None(msg) => {
             if app.config.auth.first_message && !query.iter().any(|(k, v)| k == "access_token" && !v.is_empty()) {
-                return Ok(Start::AwaitAuth { resume });
+                return Ok(Start::AwaitAuth { resume, ip_slot });
             }
             return Err(Rejection::new(ErrorCode::TokenMissing, msg, request_id));
         }
     };
     let fp = Some(agentgate_auth::fingerprint(credential.value.as_bytes()));
-    if credential.transport == credentials::Transport::Ticket {
-        return Err(Rejection::new(
-            ErrorCode::TicketInvalid,
-            "the ticket is unknown, used or expired; request a new one with POST /v1/tickets",
-            request_id,
-        )
-        .with_token_fp(fp));
+    let principal = if credential.transport == credentials::Transport::Ticket {
+        ticket_principal(app, &credential.value, origin)
+    } else {
+        app.auth.verify(&credential.value, telemetry::unix_now()).map_err(|e| (e.code(), e.message().to_owned()))
     }
-    let principal = app
-        .config
-        .authenticator
-        .verify(&credential.value, telemetry::unix_now())
-        .map_err(|e| Rejection::new(e.code(), e.message(), request_id).with_token_fp(fp))?;
+    .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(fp))?;
+    let principal_slot = admit_principal(app, &principal).map_err(|(code, msg)| {
+        let mut r = Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone()));
+        r.retry_after_s = Some(1);
+        r
+    })?;
     let resumable = resume_check(app, &principal, resume.as_ref())
         .await
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone())))?;
-    Ok(Start::Authenticated { principal, resume, resumable })
+    Ok(Start::Authenticated { principal: Box::new(principal), resume, resumable, slots: (ip_slot, principal_slot) })
+}
+
+/// Use a ticket: its principal (with `via` `ticket:<via>`), re-checked for revocation
+/// and expiry, which may have happened since it was issued.
+fn ticket_principal(app: &AppState, ticket: &str, origin: Option<&str>) -> Result<Principal, (ErrorCode, String)> {
+    let mut p = app.tickets.consume(ticket, origin)?;
+    use agentgate_auth::Revocations;
+    if app.revocations.is_revoked(p.jti.as_deref(), &p.subject, p.issued_at) {
+        return Err((ErrorCode::TokenRevoked, "the credential that created this ticket has been revoked".into()));
+    }
+    if let Some(exp) = p.expires_at
+        && telemetry::unix_now() > exp.saturating_add(app.config.auth.leeway_s)
+    {
+        return Err((ErrorCode::TokenExpired, "the credential that created this ticket has expired".into()));
+    }
+    p.via = format!("ticket:{}", p.via);
+    Ok(p)
+}
+
+/// Take a place in the principal's connection count.
+pub(crate) fn admit_principal(app: &AppState, p: &Principal) -> Result<Slot<Owner>, (ErrorCode, String)> {
+    app.limits.per_principal.acquire(Owner::of(p)).ok_or_else(|| {
+        (
+            ErrorCode::TooManyConnections,
+            format!(
+                "this principal already holds {} connections (limits.connections_per_principal); close some",
+                app.config.limits.connections_per_principal
+            ),
+        )
+    })
 }
 
 /// Whether the session to resume exists and belongs to the principal: `Ok(true)` to

@@ -11,9 +11,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use agentgate_auth::Authenticator;
+
 use crate::config::Config;
+use crate::limits::Limits;
+use crate::revocation::RevocationList;
 use crate::runs::Runs;
 use crate::session::{Hub, MemoryStore, SessionStore};
+use crate::tickets::Tickets;
 
 /// Read buffer per WebSocket. tungstenite's default (128 KiB) would dominate the cost
 /// of an idle connection; frames larger than this are still read, in several reads.
@@ -27,6 +32,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct AppState {
     /// The configuration.
     pub config: Config,
+    /// The credential verifier, consulting this node's revocation list.
+    pub auth: Arc<Authenticator>,
+    /// Revoked tokens.
+    pub revocations: Arc<RevocationList>,
+    /// One-time tickets.
+    pub tickets: Tickets,
+    /// Admission limits.
+    pub limits: Limits,
     /// Durable session state.
     pub store: Arc<dyn SessionStore>,
     /// Local delivery to this node's connections.
@@ -52,8 +65,20 @@ impl AppState {
         let hub = Arc::new(Hub::default());
         let store: Arc<dyn SessionStore> =
             Arc::new(MemoryStore::new(config.sessions.buffer_events, config.sessions.resume_window, Arc::clone(&hub)));
+        let revocations = Arc::new(RevocationList::default());
+        let base = &config.authenticator;
+        let auth = Arc::new(
+            Authenticator::new(base.issuers().to_vec(), base.api_keys().to_vec(), base.policy().clone())
+                .with_revocations(Arc::clone(&revocations) as Arc<dyn agentgate_auth::Revocations>),
+        );
+        let tickets = Tickets::new(Duration::from_secs(config.auth.ticket_ttl_s));
+        let limits = Limits::new(&config.limits);
         let state = Arc::new(Self {
             config,
+            auth,
+            revocations,
+            tickets,
+            limits,
             store,
             hub,
             node_id: agentgate_protocol::id::new_id("n_"),
@@ -140,5 +165,7 @@ async fn sweep(state: Arc<AppState>) {
         tick.tick().await;
         state.store.sweep().await;
         state.runs.sweep();
+        state.tickets.sweep();
+        state.limits.sweep();
     }
 }
