@@ -54,7 +54,7 @@ pub(crate) async fn tickets(
         Ok(o) => o,
         Err(r) => return refuse(&app, r, remote, None),
     };
-    let principal = match bearer_principal(&app, &headers, &request_id) {
+    let principal = match bearer_principal(&app, &headers, &request_id).await {
         Ok(p) => p,
         Err(r) => return refuse(&app, r, remote, origin.as_deref()),
     };
@@ -95,7 +95,7 @@ pub(crate) async fn revoke(
         Ok(o) => o,
         Err(r) => return refuse(&app, r, remote, None),
     };
-    let principal = match bearer_principal(&app, &headers, &request_id) {
+    let principal = match bearer_principal(&app, &headers, &request_id).await {
         Ok(p) => p,
         Err(r) => return refuse(&app, r, remote, origin.as_deref()),
     };
@@ -162,7 +162,7 @@ fn allowed_origin(app: &AppState, headers: &HeaderMap, request_id: &str) -> Resu
 }
 
 /// Verify the `Authorization: Bearer` credential of an API request.
-fn bearer_principal(app: &AppState, headers: &HeaderMap, request_id: &str) -> Result<Principal, Rejection> {
+async fn bearer_principal(app: &AppState, headers: &HeaderMap, request_id: &str) -> Result<Principal, Rejection> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (first, second) = (values.next(), values.next());
     if second.is_some() {
@@ -183,9 +183,7 @@ fn bearer_principal(app: &AppState, headers: &HeaderMap, request_id: &str) -> Re
         ));
     };
     let fp = Some(agentgate_auth::fingerprint(token.as_bytes()));
-    app.auth
-        .verify(token, telemetry::unix_now())
-        .map_err(|e| Rejection::new(e.code(), e.message(), request_id).with_token_fp(fp))
+    app.verify(token).await.map_err(|e| Rejection::new(e.code(), e.message(), request_id).with_token_fp(fp))
 }
 
 fn refuse(app: &AppState, r: Rejection, remote: SocketAddr, origin: Option<&str>) -> Response {

@@ -16,6 +16,8 @@ use std::time::Duration;
 use agentgate_auth::{ApiKey, Authenticator, Issuer, KeyKind, Policy, SigningKey, VerifyKey, parse_alg, parse_jwks};
 
 pub use dev_key::{DEV_ISSUER, agentgate_home, dev_key_path, load_or_create_dev_key};
+
+use crate::jwks::JwksSource;
 use file::{ConfigFile, JwtFile};
 
 /// The process environment, as a map.
@@ -170,6 +172,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     /// The development key file, when the `local` development issuer is in use.
     pub dev_key: Option<PathBuf>,
+    /// Issuers whose keys come from a `jwks_url`.
+    pub jwks: Vec<Arc<JwksSource>>,
 }
 
 impl Config {
@@ -324,9 +328,19 @@ impl Config {
         }
 
         let mut issuers = Vec::new();
+        let mut jwks = Vec::new();
         let mut dev_key = None;
         for (i, j) in f.auth.jwt.iter().enumerate() {
-            issuers.push(Arc::new(build_issuer(j, i, profile, env)?));
+            let issuer = Arc::new(build_issuer(j, i, profile, env)?);
+            if let Some(url) = &j.jwks_url {
+                jwks.push(Arc::new(JwksSource::new(
+                    Arc::clone(&issuer),
+                    url.clone(),
+                    Duration::from_secs(j.jwks_min_refetch_s),
+                    Duration::from_secs(j.jwks_refresh_s),
+                )));
+            }
+            issuers.push(issuer);
         }
         let mut names = std::collections::HashSet::new();
         for (i, j) in f.auth.jwt.iter().enumerate() {
@@ -413,6 +427,7 @@ impl Config {
             },
             agents,
             dev_key,
+            jwks,
         })
     }
 
@@ -555,16 +570,25 @@ fn build_issuer(j: &JwtFile, i: usize, profile: Profile, env: &Env) -> Result<Is
         }
         keys
     } else {
-        return Err(ConfigError::new(
-            key("jwks_url"),
-            "jwks_url is not available in this build yet; download the JWKS and use jwks_file (see docs/out-of-scope.md)",
-        ));
+        let url = j.jwks_url.as_deref().unwrap_or_default();
+        let lower = url.to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Err(ConfigError::new(key("jwks_url"), format!("{url:?} is not an http(s) URL")));
+        }
+        if profile == Profile::Production && !lower.starts_with("https://") && !is_loopback_url(&lower) {
+            return Err(ConfigError::new(
+                key("jwks_url"),
+                "the production profile fetches keys over https only (plain http is allowed for loopback addresses)",
+            ));
+        }
+        // Fetched at start-up and refreshed by the server (`crate::jwks`).
+        Vec::new()
     };
     if j.kid.is_some() && (j.jwks_file.is_some() || j.jwks_url.is_some()) {
         return Err(ConfigError::new(key("kid"), "a JWKS names its own key ids; remove `kid`"));
     }
     for alg in &algorithms {
-        if !keys.iter().any(|k| k.kind.admits(*alg)) {
+        if j.jwks_url.is_none() && !keys.iter().any(|k| k.kind.admits(*alg)) {
             let kinds: Vec<&str> = keys.iter().map(|k| k.kind.as_str()).collect();
             return Err(ConfigError::new(
                 key("algorithms"),
@@ -575,7 +599,7 @@ fn build_issuer(j: &JwtFile, i: usize, profile: Profile, env: &Env) -> Result<Is
     if let Some(path) = &j.private_key_file {
         let bytes = std::fs::read(path)
             .map_err(|e| ConfigError::new(key("private_key_file"), format!("cannot read {}: {e}", path.display())))?;
-        if keys.iter().all(|k| k.kind == KeyKind::Hmac) {
+        if !keys.is_empty() && keys.iter().all(|k| k.kind == KeyKind::Hmac) {
             return Err(ConfigError::new(
                 key("private_key_file"),
                 "an HMAC issuer signs with its secret; remove private_key_file",
@@ -590,6 +614,11 @@ fn build_issuer(j: &JwtFile, i: usize, profile: Profile, env: &Env) -> Result<Is
     issuer.scope_claim = j.scope_claim.clone();
     issuer.signing = signing;
     Ok(issuer)
+}
+
+fn is_loopback_url(lower: &str) -> bool {
+    let rest = lower.split_once("://").map(|(_, r)| r).unwrap_or("");
+    rest.starts_with("127.") || rest.starts_with("localhost") || rest.starts_with("[::1]")
 }
 
 fn hmac_key(secret: &[u8], j: &JwtFile, key: &str) -> Result<VerifyKey, ConfigError> {

@@ -274,7 +274,7 @@ impl Conn<'_> {
                 return Some(End::Close(ErrorCode::ProtocolError));
             }
             ClientMessage::AuthRefresh { token } => {
-                let p = match self.app.auth.verify(&token, unix_now()) {
+                let p = match self.app.verify(&token).await {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::info!(
@@ -376,7 +376,7 @@ async fn await_auth(
         Ok(Some(Ok(Message::Text(text)))) => match ClientMessage::parse(text.as_str()) {
             Ok(ClientMessage::Auth { token, session_id, last_seq }) => {
                 let fp = Some(agentgate_auth::fingerprint(token.as_bytes()));
-                match app.auth.verify(&token, unix_now()) {
+                match app.verify(&token).await {
                     Ok(p) => {
                         let resume = match session_id.filter(|s| !s.is_empty()) {
                             Some(sid) => Some((sid, last_seq.unwrap_or(0))),

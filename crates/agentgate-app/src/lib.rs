@@ -23,6 +23,7 @@ pub mod config;
 pub mod connection;
 pub mod credentials;
 pub mod error;
+pub mod jwks;
 pub mod limits;
 pub mod revocation;
 pub mod routes;

@@ -43,11 +43,25 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
+    checks.insert("memory".into(), json!("ok"));
     if app.is_shutting_down() {
-        let body = json!({"status": "unready", "checks": {"shutdown": "the node is shutting down"}});
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        checks.insert("shutdown".into(), json!("the node is shutting down"));
+        ready = false;
     }
-    axum::Json(json!({"status": "ready", "checks": {"memory": "ok"}})).into_response()
+    for source in &app.config.jwks {
+        let status = if !source.issuer.keys().is_empty() {
+            "ok".to_owned()
+        } else {
+            ready = false;
+            source.last_error().unwrap_or_else(|| "keys not fetched yet".into())
+        };
+        checks.insert(format!("jwks:{}", source.issuer.name), json!(status));
+    }
+    let body = json!({"status": if ready { "ready" } else { "unready" }, "checks": checks});
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
 }
 
 /// `GET /v1/ws`.
@@ -138,7 +152,7 @@ async fn decide(
     let principal = if credential.transport == credentials::Transport::Ticket {
         ticket_principal(app, &credential.value, origin)
     } else {
-        app.auth.verify(&credential.value, telemetry::unix_now()).map_err(|e| (e.code(), e.message().to_owned()))
+        app.verify(&credential.value).await.map_err(|e| (e.code(), e.message().to_owned()))
     }
     .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(fp))?;
     let principal_slot = admit_principal(app, &principal).map_err(|(code, msg)| {

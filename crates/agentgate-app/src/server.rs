@@ -40,6 +40,8 @@ pub struct AppState {
     pub tickets: Tickets,
     /// Admission limits.
     pub limits: Limits,
+    /// HTTP client for JWKS fetches.
+    pub http: reqwest::Client,
     /// Durable session state.
     pub store: Arc<dyn SessionStore>,
     /// Local delivery to this node's connections.
@@ -79,6 +81,7 @@ impl AppState {
             revocations,
             tickets,
             limits,
+            http: crate::jwks::client(),
             store,
             hub,
             node_id: agentgate_protocol::id::new_id("n_"),
@@ -105,6 +108,25 @@ impl AppState {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| Tracked(t.clone()))
     }
 
+    /// Verify a credential; a `key_unknown` first makes the JWKS issuers refetch
+    /// (at most once per `jwks_min_refetch_s` each) and then checks again.
+    ///
+    /// # Errors
+    /// The reason code of PROTOCOL.md 2.1.
+    pub async fn verify(&self, token: &str) -> Result<agentgate_auth::Principal, agentgate_auth::AuthError> {
+        let now = crate::telemetry::unix_now();
+        match self.auth.verify(token, now) {
+            Err(e) if e.code() == agentgate_protocol::ErrorCode::KeyUnknown && !self.config.jwks.is_empty() => {
+                let mut changed = false;
+                for source in &self.config.jwks {
+                    changed |= source.refetch_for_unknown_kid(&self.http).await;
+                }
+                if changed { self.auth.verify(token, crate::telemetry::unix_now()) } else { Err(e) }
+            }
+            other => other,
+        }
+    }
+
     /// A fresh connection id, for logs.
     pub fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
@@ -128,6 +150,7 @@ pub async fn serve(
     let (state, mut tracked) = AppState::new(config);
     tracing::info!(addr = %local, "agentgate listening");
     let sweeper = tokio::spawn(sweep(Arc::clone(&state)));
+    let refresher = tokio::spawn(refresh_jwks(Arc::clone(&state)));
     let app = crate::routes::router(Arc::clone(&state));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let trigger_state = Arc::clone(&state);
@@ -149,6 +172,7 @@ pub async fn serve(
         tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed; dropping remaining connections");
     }
     sweeper.abort();
+    refresher.abort();
     tracing::info!("agentgate stopped");
     Ok(())
 }
@@ -157,6 +181,22 @@ fn write_addr_file(path: &std::path::Path, addr: SocketAddr) -> std::io::Result<
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{addr}\n"))?;
     std::fs::rename(&tmp, path)
+}
+
+/// Fetch every JWKS at start, then whenever its refresh interval has passed.
+async fn refresh_jwks(state: Arc<AppState>) {
+    if state.config.jwks.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for source in &state.config.jwks {
+            if source.refresh_due() {
+                let _ = source.fetch(&state.http).await;
+            }
+        }
+    }
 }
 
 async fn sweep(state: Arc<AppState>) {

@@ -223,6 +223,14 @@ impl Authenticator {
         trace.header = Some(header.clone());
         let claims = decode_object(p64, "payload")?;
         trace.claims = Some(claims.clone());
+        if header.contains_key("crit") {
+            // RFC 7515 4.1.11: extensions listed in `crit` must be understood; agentgate
+            // implements none, so such a token cannot be verified safely.
+            return Err(AuthError::new(
+                TokenMalformed,
+                "the JWT header's `crit` lists extensions agentgate does not implement",
+            ));
+        }
         let alg = match header.get("alg") {
             Some(Value::String(a)) => a.as_str(),
             Some(_) => return Err(AuthError::new(AlgorithmNotAllowed, "the JWT header's `alg` is not a string")),
@@ -450,10 +458,47 @@ fn decode_object(part: &str, what: &str) -> Result<Map<String, Value>, AuthError
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthError::new(ErrorCode::TokenMalformed, format!("the JWT {what} is not unpadded base64url")))?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(AuthError::new(ErrorCode::TokenMalformed, format!("the JWT {what} is not a JSON object"))),
+    match serde_json::from_slice::<StrictObject>(&bytes) {
+        Ok(StrictObject(m)) => Ok(m),
+        Err(e) if e.to_string().starts_with(DUPLICATE) => Err(AuthError::new(
+            ErrorCode::TokenMalformed,
+            format!("the JWT {what} names a member twice; which one counts would be ambiguous"),
+        )),
+        Err(e) if e.is_data() => {
+            Err(AuthError::new(ErrorCode::TokenMalformed, format!("the JWT {what} is not a JSON object")))
+        }
         Err(_) => Err(AuthError::new(ErrorCode::TokenMalformed, format!("the JWT {what} is not valid JSON"))),
+    }
+}
+
+const DUPLICATE: &str = "duplicate member";
+
+/// A JSON object whose top-level members are all distinct. `serde_json` keeps the last
+/// of duplicated members; a verifier and an issuer disagreeing on which one counts is
+/// an attack (`{"sub":"alice","sub":"admin"}`), so duplicates are refused.
+struct StrictObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for StrictObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = StrictObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<StrictObject, A::Error> {
+                let mut map = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE} {key:?}")));
+                    }
+                    let value: Value = access.next_value()?;
+                    map.insert(key, value);
+                }
+                Ok(StrictObject(map))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -521,21 +566,21 @@ fn verify_signature(key: &VerifyKey, alg: Algorithm, message: &str, signature: &
     if signature_ok(key, alg, message, signature) { Ok(()) } else { Err(sig_invalid(None)) }
 }
 
-/// A NumericDate: a JSON number of seconds (fractions are cut). Anything else is
-/// `token_malformed`.
+/// A NumericDate: a JSON number of seconds within the i64 range (fractions are cut).
+/// Anything else (a string, null, or a number beyond the range) is `token_malformed`.
 fn numeric_date(v: &Value, claim: &str) -> Result<i64, AuthError> {
-    match v {
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Ok(i)
-            } else if let Some(u) = n.as_u64() {
-                Ok(i64::try_from(u).unwrap_or(i64::MAX))
-            } else {
-                // A float: `as` saturates at the i64 range.
-                Ok(n.as_f64().map(|f| f.floor() as i64).unwrap_or(0))
-            }
-        }
-        _ => Err(AuthError::new(ErrorCode::TokenMalformed, format!("the `{claim}` claim is not a number of seconds"))),
+    let bad = || AuthError::new(ErrorCode::TokenMalformed, format!("the `{claim}` claim is not a number of seconds"));
+    let Value::Number(n) = v else { return Err(bad()) };
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    if n.as_u64().is_some() {
+        return Err(bad());
+    }
+    match n.as_f64() {
+        // `as` is exact enough here: the bounds are checked first.
+        Some(f) if f.is_finite() && (-9.2e18..=9.2e18).contains(&f) => Ok(f.floor() as i64),
+        _ => Err(bad()),
     }
 }
 

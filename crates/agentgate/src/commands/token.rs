@@ -8,12 +8,27 @@ use crate::cli::{InspectArgs, MintArgs};
 
 use super::{EXIT_FAILURE, EXIT_USAGE, load_config, process_env, read_token};
 
+/// Fetch the JWKS of every `jwks_url` issuer once, so the tools see the keys the
+/// gateway would. Failures are printed and leave the issuer without keys.
+fn fetch_jwks(config: &agentgate_app::Config) {
+    if config.jwks.is_empty() {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    for (issuer, result) in rt.block_on(agentgate_app::jwks::fetch_all(config)) {
+        if let Err(e) = result {
+            eprintln!("agentgate: cannot fetch the JWKS of issuer {issuer:?}: {e}");
+        }
+    }
+}
+
 pub(crate) fn mint(args: MintArgs) -> u8 {
     let env = process_env();
     let config = match load_config(args.config.as_deref(), &env) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    fetch_jwks(&config);
     let issuers = config.authenticator.issuers();
     let issuer: Option<&Issuer> = match &args.issuer {
         Some(name) => match issuers.iter().find(|i| &i.name == name) {
@@ -71,6 +86,7 @@ pub(crate) fn inspect(args: InspectArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    fetch_jwks(&config);
     let token = match read_token(&env, args.token_env.as_deref(), args.token_file.as_deref()) {
         Ok(t) => t,
         Err(e) => {
