@@ -57,6 +57,7 @@ pub(crate) async fn run(
     remote: SocketAddr,
     request_id: String,
 ) {
+    let _gauge = crate::metrics::ConnectionGauge::open();
     let Some(_tracked) = app.track_connection() else {
         close(&mut socket, ErrorCode::ServerRestart).await;
         return;
@@ -120,11 +121,13 @@ pub(crate) async fn run(
         heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
     };
     let mut ok = send_text(&mut socket, serde_json::to_string(&welcome).unwrap_or_default()).await;
+    crate::metrics::accepted(opened.resumed);
     for (_, event) in opened.replay {
         if !ok {
             break;
         }
         ok = send_text(&mut socket, event.as_ref().to_owned()).await;
+        crate::metrics::events_sent(u64::from(ok));
     }
     let end = if ok {
         let mut conn = Conn { app: &app, socket: &mut socket, sub: &mut sub, principal, conn_id };
@@ -183,6 +186,7 @@ impl Conn<'_> {
                             if !send_text(self.socket, text.as_ref().to_owned()).await {
                                 return End::Gone;
                             }
+                            crate::metrics::events_sent(1);
                         }
                     }
                     None => return End::Close(ErrorCode::SlowConsumer),

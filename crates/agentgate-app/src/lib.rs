@@ -15,7 +15,7 @@
 //! - [`connection`]: the life of one WebSocket after the upgrade.
 //! - [`session`]: sessions, seq numbers, replay buffer, delivery.
 //! - [`runs`] and [`agents`]: runs with exactly one terminal event; the demo agent.
-//! - [`telemetry`]: logs that never carry a secret.
+//! - [`telemetry`] and [`metrics`]: logs that never carry a secret; Prometheus metrics.
 
 pub mod agents;
 pub mod api;
@@ -25,6 +25,7 @@ pub mod credentials;
 pub mod error;
 pub mod jwks;
 pub mod limits;
+pub mod metrics;
 pub mod revocation;
 pub mod routes;
 pub mod runs;

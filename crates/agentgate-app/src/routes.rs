@@ -27,15 +27,32 @@ use crate::session::Owner;
 use crate::telemetry;
 use agentgate_auth::Principal;
 
-/// The router of the main listener.
+/// The router of the main listener (with `/metrics` unless `server.metrics_listen`
+/// moves it).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let router = if state.config.server.metrics_listen.is_none() {
+        Router::new().route("/metrics", get(metrics))
+    } else {
+        Router::new()
+    };
+    router
         .route("/v1/ws", get(agent_ws))
         .route("/v1/tickets", axum::routing::post(crate::api::tickets).options(crate::api::tickets_preflight))
         .route("/v1/admin/revoke", axum::routing::post(crate::api::revoke))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// The router of `server.metrics_listen`.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// `GET /metrics`: Prometheus text format, no credential.
+async fn metrics() -> Response {
+    let body = crate::metrics::handle().render();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -228,6 +228,7 @@ impl PreparedRun {
     async fn drive(self) {
         let PreparedRun { runs, sink, agent, input, mut cancel, run_id } = self;
         let mut shutdown = runs.shutdown.clone();
+        let _gauge = crate::metrics::RunGauge::start();
         let work = async {
             sink.append(EventType::AgentStarted, json!({"agent": agent})).await?;
             demo::run(input, sink.clone()).await

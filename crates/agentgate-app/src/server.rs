@@ -73,6 +73,7 @@ impl AppState {
             Authenticator::new(base.issuers().to_vec(), base.api_keys().to_vec(), base.policy().clone())
                 .with_revocations(Arc::clone(&revocations) as Arc<dyn agentgate_auth::Revocations>),
         );
+        crate::metrics::handle();
         let tickets = Tickets::new(Duration::from_secs(config.auth.ticket_ttl_s));
         let limits = Limits::new(&config.limits);
         let state = Arc::new(Self {
@@ -149,6 +150,16 @@ pub async fn serve(
     let grace = config.server.shutdown_grace;
     let (state, mut tracked) = AppState::new(config);
     tracing::info!(addr = %local, "agentgate listening");
+    let metrics_server = match &state.config.server.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr} (server.metrics_listen): {e}"))
+            })?;
+            tracing::info!(addr = %l.local_addr()?, "metrics listening");
+            Some(tokio::spawn(async move { axum::serve(l, crate::routes::metrics_router()).await }))
+        }
+        None => None,
+    };
     let sweeper = tokio::spawn(sweep(Arc::clone(&state)));
     let refresher = tokio::spawn(refresh_jwks(Arc::clone(&state)));
     let app = crate::routes::router(Arc::clone(&state));
@@ -172,6 +183,9 @@ pub async fn serve(
         tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed; dropping remaining connections");
     }
     sweeper.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     refresher.abort();
     tracing::info!("agentgate stopped");
     Ok(())

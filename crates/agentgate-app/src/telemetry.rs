@@ -8,6 +8,7 @@ use crate::error::Rejection;
 
 /// Log a rejection once.
 pub fn log_rejection(r: &Rejection, remote: SocketAddr) {
+    crate::metrics::rejected(r.code);
     tracing::info!(
         reason = r.code.as_str(),
         request_id = %r.request_id,
