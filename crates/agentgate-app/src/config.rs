@@ -153,6 +153,30 @@ pub enum AgentKind {
     Demo,
 }
 
+/// One `[[mcp.servers]]` entry.
+#[derive(Debug, Clone)]
+pub struct McpServerConfig {
+    /// Name in `/v1/mcp/{name}`.
+    pub name: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// The only variables passed to the process, besides `PATH` and `HOME`.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+/// `[mcp]`.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// Hosted servers.
+    pub servers: Vec<McpServerConfig>,
+    /// Most processes at once on this node.
+    pub max_processes: usize,
+    /// Most processes at once per principal.
+    pub max_processes_per_principal: usize,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -174,6 +198,8 @@ pub struct Config {
     pub dev_key: Option<PathBuf>,
     /// Issuers whose keys come from a `jwks_url`.
     pub jwks: Vec<Arc<JwksSource>>,
+    /// `[mcp]`.
+    pub mcp: McpConfig,
 }
 
 impl Config {
@@ -276,18 +302,33 @@ impl Config {
         if f.backend.redis_prefix.is_empty() {
             return Err(ConfigError::new("backend.redis_prefix", "must not be empty"));
         }
+        let mut mcp_servers: Vec<McpServerConfig> = Vec::new();
         for (i, m) in f.mcp.servers.iter().enumerate() {
-            if m.name.is_empty() || m.command.is_empty() {
-                return Err(ConfigError::new(format!("mcp.servers[{i}]"), "`name` and `command` must not be empty"));
+            let key = format!("mcp.servers[{i}]");
+            if m.name.is_empty() || m.command.is_empty() || m.command[0].is_empty() {
+                return Err(ConfigError::new(key, "`name` and `command` must not be empty"));
             }
-            tracing::debug!(server = %m.name, vars = m.env.len(), cwd = ?m.cwd, "mcp server configured");
+            if !m.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    "use letters, digits, `-`, `_` and `.` only (it is a URL path segment)",
+                ));
+            }
+            if mcp_servers.iter().any(|s| s.name == m.name) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!("MCP server {:?} is listed twice", m.name),
+                ));
+            }
+            mcp_servers.push(McpServerConfig {
+                name: m.name.clone(),
+                command: m.command.clone(),
+                env: m.env.clone(),
+                cwd: m.cwd.clone(),
+            });
         }
-        if !f.mcp.servers.is_empty() {
-            return Err(ConfigError::new(
-                "mcp.servers",
-                "hosted MCP servers are not available in this build yet (see docs/out-of-scope.md)",
-            ));
-        }
+        positive(f.mcp.max_processes, "mcp.max_processes")?;
+        positive(f.mcp.max_processes_per_principal, "mcp.max_processes_per_principal")?;
 
         let mut agents = vec![AgentConfig { name: "demo".into(), kind: AgentKind::Demo, scope: "agents:run".into() }];
         for (i, a) in f.agents.iter().enumerate() {
@@ -428,6 +469,11 @@ impl Config {
             agents,
             dev_key,
             jwks,
+            mcp: McpConfig {
+                servers: mcp_servers,
+                max_processes: usize::try_from(f.mcp.max_processes).unwrap_or(usize::MAX),
+                max_processes_per_principal: usize::try_from(f.mcp.max_processes_per_principal).unwrap_or(usize::MAX),
+            },
         })
     }
 

@@ -46,7 +46,9 @@ pub(crate) type Slots = (Slot<IpAddr>, Slot<Owner>);
 enum End {
     /// Close with this code.
     Close(ErrorCode),
-    /// The client closed, or the socket failed: nothing more to send.
+    /// The client sent a close frame: answer it (RFC 6455 5.5.1).
+    ClientClosed,
+    /// The socket failed or the peer vanished: nothing more to send.
     Gone,
 }
 
@@ -141,7 +143,12 @@ pub(crate) async fn run(
             tracing::info!(conn_id, session_id = %session_id, reason = code.as_str(), "connection closed by server");
             close(&mut socket, code).await;
         }
-        End::Gone => tracing::debug!(conn_id, session_id = %session_id, "connection closed by client"),
+        End::ClientClosed => {
+            // tungstenite queued the answering close frame; flushing sends it.
+            let _ = futures_util::SinkExt::flush(&mut socket).await;
+            tracing::debug!(conn_id, session_id = %session_id, "connection closed by client");
+        }
+        End::Gone => tracing::debug!(conn_id, session_id = %session_id, "connection lost"),
     }
 }
 
@@ -212,7 +219,8 @@ impl Conn<'_> {
                             return End::Close(ErrorCode::ProtocolError);
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => return End::Gone,
+                        Some(Ok(Message::Close(_))) => return End::ClientClosed,
+                        None => return End::Gone,
                         Some(Err(e)) => {
                             let text = e.to_string();
                             if text.contains("too long") || text.contains("Space limit") {

@@ -152,7 +152,7 @@ pub fn extract(
             format!("{} credentials were presented ({}); send exactly one", found.len(), transports.join(", ")),
         ));
     }
-    if !offered.is_empty() && !wants_v1 {
+    if endpoint == Endpoint::Agent && !offered.is_empty() && !wants_v1 {
         let need = match endpoint {
             Endpoint::Agent => PROTOCOL_V1,
             Endpoint::Mcp => agentgate_protocol::MCP_SUBPROTOCOL,

@@ -187,3 +187,20 @@ async fn oversized_frame_closes_1009_and_message_flood_closes_4429() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let server = hs_server("").await;
+    let (_, mut ws) = connect_ok(&server.ws_url("/v1/ws"), &server.mint("alice")).await;
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame { code: 1000.into(), reason: "bye".into() },
+    )))
+    .await
+    .unwrap();
+    match next_frame(&mut ws).await {
+        Frame::Close(code, _) => assert_eq!(code, 1000),
+        other => panic!("expected the server's answering close frame, got {other:?}"),
+    }
+    server.shutdown().await;
+}

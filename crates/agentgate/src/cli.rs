@@ -28,6 +28,8 @@ pub(crate) enum Command {
     /// Mint and inspect tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Connect to /v1/ws, print every server message as a JSON line; optionally run an agent.
+    Connect(ConnectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -87,4 +89,22 @@ pub(crate) struct InspectArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// The gateway's WebSocket URL, e.g. ws://127.0.0.1:8079/v1/ws.
+    pub(crate) url: String,
+    /// Read the token from this environment variable (default: AGENTGATE_TOKEN).
+    #[arg(long, conflicts_with = "token_file")]
+    pub(crate) token_env: Option<String>,
+    /// Read the token from this file (re-read to answer auth.expiring).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Start a run of this agent and exit after its terminal event.
+    #[arg(long, value_name = "AGENT")]
+    pub(crate) run: Option<String>,
+    /// The run's input, a JSON object (default {}).
+    #[arg(long, value_name = "JSON", requires = "run")]
+    pub(crate) input: Option<String>,
 }

@@ -1,6 +1,7 @@
 //! Subcommands, and what they share: loading the configuration with exit 64 on
 //! error, and reading a token from a variable, a file or standard input.
 
+mod connect;
 mod serve;
 mod token;
 
@@ -21,6 +22,7 @@ pub(crate) fn dispatch(command: Command) -> u8 {
         Command::Serve(args) => serve::run(args),
         Command::Token(TokenCommand::Mint(args)) => token::mint(args),
         Command::Token(TokenCommand::Inspect(args)) => token::inspect(args),
+        Command::Connect(args) => connect::run(args),
     }
 }
 

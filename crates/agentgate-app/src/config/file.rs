@@ -215,10 +215,20 @@ fn default_agent_scope() -> String {
     "agents:run".into()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct McpFile {
     pub(crate) servers: Vec<McpServerFile>,
+    /// agentgate extension: most MCP server processes at once on this node.
+    pub(crate) max_processes: u64,
+    /// agentgate extension: most MCP server processes at once per principal.
+    pub(crate) max_processes_per_principal: u64,
+}
+
+impl Default for McpFile {
+    fn default() -> Self {
+        Self { servers: Vec::new(), max_processes: 256, max_processes_per_principal: 16 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
