@@ -6,7 +6,7 @@
 //! environment.
 
 mod dev_key;
-mod file;
+pub(crate) mod file;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
