@@ -25,6 +25,7 @@ pub mod credentials;
 pub mod error;
 pub mod jwks;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod revocation;
 pub mod routes;

@@ -5,7 +5,7 @@
 //! resume ownership. A refusal is delivered by `reject` as HTTP or as an immediate
 //! close, per `server.failure_mode`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use agentgate_protocol::{ErrorCode, PROTOCOL_V1, id};
@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     };
     router
         .route("/v1/ws", get(agent_ws))
+        .route("/v1/mcp/{server}", get(crate::mcp::mcp_ws))
         .route("/v1/tickets", axum::routing::post(crate::api::tickets).options(crate::api::tickets_preflight))
         .route("/v1/admin/revoke", axum::routing::post(crate::api::revoke))
         .route("/healthz", get(healthz))
@@ -120,39 +121,8 @@ async fn decide(
     remote: SocketAddr,
     request_id: &str,
 ) -> Result<Start, Rejection> {
-    if let Err(wait) = app.limits.handshake(remote.ip()) {
-        let mut r = Rejection::new(
-            ErrorCode::RateLimited,
-            format!(
-                "more than {} handshakes per second from this address; retry after the pause",
-                app.config.limits.handshakes_per_ip_per_s
-            ),
-            request_id,
-        );
-        r.retry_after_s = Some(wait.as_secs().max(1));
-        return Err(r);
-    }
-    let Some(ip_slot) = app.limits.per_ip.acquire(remote.ip()) else {
-        let mut r = Rejection::new(
-            ErrorCode::TooManyConnections,
-            format!(
-                "this address already holds {} connections (limits.connections_per_ip)",
-                app.config.limits.connections_per_ip
-            ),
-            request_id,
-        );
-        r.retry_after_s = Some(1);
-        return Err(r);
-    };
-    if let Some(origin) = origin
-        && !app.config.origin_allowed(origin)
-    {
-        return Err(Rejection::new(
-            ErrorCode::OriginNotAllowed,
-            format!("origin {:?} is not on server.allowed_origins", truncate(origin, 128)),
-            request_id,
-        ));
-    }
+    let ip_slot = admit_ip(app, remote, request_id)?;
+    check_origin(app, origin, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Agent, app.config.auth.query_token)
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
     let resume = resume_params(query).map_err(|m| Rejection::new(ErrorCode::ProtocolError, m, request_id))?;
@@ -165,13 +135,7 @@ async fn decide(
             return Err(Rejection::new(ErrorCode::TokenMissing, msg, request_id));
         }
     };
-    let fp = Some(agentgate_auth::fingerprint(credential.value.as_bytes()));
-    let principal = if credential.transport == credentials::Transport::Ticket {
-        ticket_principal(app, &credential.value, origin)
-    } else {
-        app.verify(&credential.value).await.map_err(|e| (e.code(), e.message().to_owned()))
-    }
-    .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(fp))?;
+    let principal = principal_of(app, &credential, origin, request_id).await?;
     let principal_slot = admit_principal(app, &principal).map_err(|(code, msg)| {
         let mut r = Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone()));
         r.retry_after_s = Some(1);
@@ -181,6 +145,62 @@ async fn decide(
         .await
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone())))?;
     Ok(Start::Authenticated { principal: Box::new(principal), resume, resumable, slots: (ip_slot, principal_slot) })
+}
+
+/// The handshake rate and the per-IP connection count, first of all checks.
+pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<Slot<IpAddr>, Rejection> {
+    if let Err(wait) = app.limits.handshake(remote.ip()) {
+        let mut r = Rejection::new(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} handshakes per second from this address; retry after the pause",
+                app.config.limits.handshakes_per_ip_per_s
+            ),
+            request_id,
+        );
+        r.retry_after_s = Some(wait.as_secs().max(1));
+        return Err(r);
+    }
+    app.limits.per_ip.acquire(remote.ip()).ok_or_else(|| {
+        let mut r = Rejection::new(
+            ErrorCode::TooManyConnections,
+            format!(
+                "this address already holds {} connections (limits.connections_per_ip)",
+                app.config.limits.connections_per_ip
+            ),
+            request_id,
+        );
+        r.retry_after_s = Some(1);
+        r
+    })
+}
+
+/// `Origin`, when present, must be allowed.
+pub(crate) fn check_origin(app: &AppState, origin: Option<&str>, request_id: &str) -> Result<(), Rejection> {
+    match origin {
+        Some(origin) if !app.config.origin_allowed(origin) => Err(Rejection::new(
+            ErrorCode::OriginNotAllowed,
+            format!("origin {:?} is not on server.allowed_origins", truncate(origin, 128)),
+            request_id,
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Verify a credential (a token, an API key, or a ticket) into its principal.
+pub(crate) async fn principal_of(
+    app: &AppState,
+    credential: &credentials::Credential,
+    origin: Option<&str>,
+    request_id: &str,
+) -> Result<Principal, Rejection> {
+    let fp = Some(agentgate_auth::fingerprint(credential.value.as_bytes()));
+    if credential.transport == credentials::Transport::Ticket {
+        ticket_principal(app, &credential.value, origin)
+    } else {
+        app.verify(&credential.value).await.map_err(|e| (e.code(), e.message().to_owned()))
+    }
+    .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(fp))
 }
 
 /// Use a ticket: its principal (with `via` `ticket:<via>`), re-checked for revocation
@@ -240,7 +260,9 @@ fn resume_params(query: &[(String, String)]) -> Result<Option<(String, u64)>, St
     Ok(sid.map(|s| (s, last)))
 }
 
-fn configure(app: &AppState, ws: WebSocketUpgrade, headers: &HeaderMap) -> WebSocketUpgrade {
+/// Buffer sizes and frame limits of an upgrade, and the subprotocol to select:
+/// `agentgate.v1` or `mcp`, whichever the client offered (never a credential entry).
+pub(crate) fn configure(app: &AppState, ws: WebSocketUpgrade, headers: &HeaderMap) -> WebSocketUpgrade {
     let max = app.config.server.max_message_bytes;
     let mut ws = ws
         .read_buffer_size(crate::server::READ_BUFFER_BYTES)
@@ -250,8 +272,11 @@ fn configure(app: &AppState, ws: WebSocketUpgrade, headers: &HeaderMap) -> WebSo
         // library refuses anything larger on its own.
         .max_message_size(max.saturating_mul(2))
         .max_frame_size(max.saturating_mul(2));
-    if credentials::offered_protocols(headers).iter().any(|p| p == PROTOCOL_V1) {
+    let offered = credentials::offered_protocols(headers);
+    if offered.iter().any(|p| p == PROTOCOL_V1) {
         ws.set_selected_protocol(HeaderValue::from_static(PROTOCOL_V1));
+    } else if offered.iter().any(|p| p == agentgate_protocol::MCP_SUBPROTOCOL) {
+        ws.set_selected_protocol(HeaderValue::from_static(agentgate_protocol::MCP_SUBPROTOCOL));
     }
     ws
 }

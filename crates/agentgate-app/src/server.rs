@@ -42,6 +42,10 @@ pub struct AppState {
     pub limits: Limits,
     /// HTTP client for JWKS fetches.
     pub http: reqwest::Client,
+    /// MCP server processes running on this node.
+    pub mcp_processes: Arc<crate::limits::Counter<()>>,
+    /// MCP server processes per principal.
+    pub mcp_per_principal: Arc<crate::limits::Counter<crate::session::Owner>>,
     /// Durable session state.
     pub store: Arc<dyn SessionStore>,
     /// Local delivery to this node's connections.
@@ -76,6 +80,8 @@ impl AppState {
         crate::metrics::handle();
         let tickets = Tickets::new(Duration::from_secs(config.auth.ticket_ttl_s));
         let limits = Limits::new(&config.limits);
+        let mcp_processes = crate::limits::Counter::new(config.mcp.max_processes);
+        let mcp_per_principal = crate::limits::Counter::new(config.mcp.max_processes_per_principal);
         let state = Arc::new(Self {
             config,
             auth,
@@ -83,6 +89,8 @@ impl AppState {
             tickets,
             limits,
             http: crate::jwks::client(),
+            mcp_processes,
+            mcp_per_principal,
             store,
             hub,
             node_id: agentgate_protocol::id::new_id("n_"),
