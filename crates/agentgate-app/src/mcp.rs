@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use agentgate_auth::Principal;
 use agentgate_protocol::{ErrorCode, MCP_SUBPROTOCOL, id};
-use axum::body::Bytes;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, header::ORIGIN};
@@ -255,7 +254,7 @@ async fn pump(
             () = sleep_until_opt(expire_at) => return End::Close(ErrorCode::TokenExpired),
             line = stdout.next() => match line {
                 Some(Ok(bytes)) => {
-                    let Ok(text) = Utf8Bytes::try_from(Bytes::from(bytes)) else {
+                    let Ok(text) = Utf8Bytes::try_from(bytes) else {
                         tracing::warn!(conn_id, "MCP server wrote a line that is not UTF-8");
                         return End::Close(ErrorCode::McpServerFailed);
                     };
