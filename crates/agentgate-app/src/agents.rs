@@ -3,6 +3,7 @@
 //! event, so a run has exactly one however it ends.
 
 pub(crate) mod demo;
+pub mod http;
 
 use agentgate_protocol::EventType;
 use serde_json::Value;
@@ -45,5 +46,12 @@ pub enum Outcome {
         code: String,
         /// What happened.
         message: String,
+    },
+    /// A terminal event sent by an upstream, passed through as it came.
+    Terminal {
+        /// `agent_completed` or `agent_failed`.
+        ty: EventType,
+        /// Its data.
+        data: Value,
     },
 }

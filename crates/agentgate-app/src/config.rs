@@ -147,10 +147,12 @@ pub struct AgentConfig {
 }
 
 /// Agent implementations.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AgentKind {
     /// The built-in demo agent.
     Demo,
+    /// An HTTP upstream (PROTOCOL.md section 11).
+    Http(crate::agents::http::HttpAgent),
 }
 
 /// One `[[mcp.servers]]` entry.
@@ -337,12 +339,51 @@ impl Config {
                 return Err(ConfigError::new(format!("{key}.name"), "must not be empty"));
             }
             let kind = match a.kind.as_str() {
-                "demo" => AgentKind::Demo,
+                "demo" => {
+                    if a.url.is_some() || a.secret_env.is_some() || a.timeout_s.is_some() {
+                        return Err(ConfigError::new(
+                            key.clone(),
+                            "`url`, `secret_env` and `timeout_s` apply only to agents of kind \"http\"",
+                        ));
+                    }
+                    AgentKind::Demo
+                }
                 "http" => {
-                    return Err(ConfigError::new(
-                        format!("{key}.kind"),
-                        "http upstream agents are not available in this build yet (see docs/out-of-scope.md)",
-                    ));
+                    let url = a.url.clone().ok_or_else(|| {
+                        ConfigError::new(format!("{key}.url"), "an http agent needs the `url` runs are POSTed to")
+                    })?;
+                    let lower = url.to_ascii_lowercase();
+                    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                        return Err(ConfigError::new(format!("{key}.url"), format!("{url:?} is not an http(s) URL")));
+                    }
+                    let var = a.secret_env.clone().ok_or_else(|| {
+                        ConfigError::new(
+                            format!("{key}.secret_env"),
+                            "an http agent needs `secret_env`, the variable holding the bearer sent upstream",
+                        )
+                    })?;
+                    let secret = match env.get(&var) {
+                        Some(v) if !v.is_empty() => v.clone(),
+                        Some(_) => {
+                            return Err(ConfigError::new(
+                                format!("{key}.secret_env"),
+                                format!("environment variable {var} is empty"),
+                            ));
+                        }
+                        None => {
+                            return Err(ConfigError::new(
+                                format!("{key}.secret_env"),
+                                format!("environment variable {var} is not set"),
+                            ));
+                        }
+                    };
+                    let timeout_s = a.timeout_s.unwrap_or(30);
+                    positive(timeout_s, &format!("{key}.timeout_s"))?;
+                    AgentKind::Http(crate::agents::http::HttpAgent {
+                        url,
+                        secret,
+                        timeout: Duration::from_secs(timeout_s),
+                    })
                 }
                 other => {
                     return Err(ConfigError::new(
@@ -351,12 +392,6 @@ impl Config {
                     ));
                 }
             };
-            if a.url.is_some() || a.secret_env.is_some() || a.timeout_s.is_some() {
-                return Err(ConfigError::new(
-                    key.clone(),
-                    "`url`, `secret_env` and `timeout_s` apply only to agents of kind \"http\"",
-                ));
-            }
             let entry = AgentConfig { name: a.name.clone(), kind, scope: a.scope.clone() };
             if let Some(existing) = agents.iter_mut().find(|x| x.name == a.name) {
                 if existing.name != "demo" {

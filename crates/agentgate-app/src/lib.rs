@@ -22,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod connection;
 pub mod credentials;
+pub mod doctor;
 pub mod error;
 pub mod jwks;
 pub mod limits;

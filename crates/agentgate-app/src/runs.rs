@@ -10,7 +10,7 @@ use agentgate_protocol::{ErrorCode, EventType, id};
 use serde_json::{Map, Value, json};
 use tokio::sync::{oneshot, watch};
 
-use crate::agents::{Outcome, RunSink, demo};
+use crate::agents::{Outcome, RunSink, demo, http};
 use crate::config::{AgentKind, Config};
 use crate::session::{Owner, SessionStore};
 use agentgate_auth::Principal;
@@ -65,13 +65,14 @@ pub struct Runs {
     retention: Duration,
     per_principal_limit: usize,
     shutdown: watch::Receiver<bool>,
+    http: reqwest::Client,
 }
 
 impl Runs {
     /// A registry that keeps finished runs for `retention` and ends running ones
     /// `node_shutdown` when `shutdown` turns true.
     pub fn new(retention: Duration, per_principal_limit: usize, shutdown: watch::Receiver<bool>) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), retention, per_principal_limit, shutdown }
+        Self { entries: Mutex::new(HashMap::new()), retention, per_principal_limit, shutdown, http: http::client() }
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, RunEntry>> {
@@ -106,8 +107,15 @@ impl Runs {
                 message: format!("running agent {:?} needs scope {:?}", agent_cfg.name, agent_cfg.scope),
             });
         }
-        let demo_input = match agent_cfg.kind {
-            AgentKind::Demo => DemoInputOrErr::parse(input)?,
+        let work = match &agent_cfg.kind {
+            AgentKind::Demo => Work::Demo(DemoInputOrErr::parse(input)?),
+            AgentKind::Http(agent) => Work::Http(http::HttpRun {
+                agent: agent.clone(),
+                name: agent_cfg.name.clone(),
+                input: input.clone(),
+                principal: principal.clone(),
+                max_line: config.server.max_message_bytes,
+            }),
         };
         let run_id = id::run_id();
         let (cancel_tx, cancel_rx) = oneshot::channel();
@@ -140,8 +148,7 @@ impl Runs {
         Ok(PreparedRun {
             runs: Arc::clone(self),
             sink: RunSink { store: Arc::clone(store), session_id: session_id.to_owned(), run_id: run_id.clone() },
-            agent: agent_cfg.name.clone(),
-            input: demo_input,
+            work,
             cancel: cancel_rx,
             run_id,
         })
@@ -207,13 +214,19 @@ impl DemoInputOrErr {
     }
 }
 
+/// What a run executes.
+#[derive(Debug)]
+enum Work {
+    Demo(demo::DemoInput),
+    Http(http::HttpRun),
+}
+
 /// A run that passed every check and is registered, not yet started.
 #[derive(Debug)]
 pub struct PreparedRun {
     runs: Arc<Runs>,
     sink: RunSink,
-    agent: String,
-    input: demo::DemoInput,
+    work: Work,
     cancel: oneshot::Receiver<()>,
     /// The run id.
     pub run_id: String,
@@ -226,17 +239,24 @@ impl PreparedRun {
     }
 
     async fn drive(self) {
-        let PreparedRun { runs, sink, agent, input, mut cancel, run_id } = self;
+        let PreparedRun { runs, sink, work, mut cancel, run_id } = self;
         let mut shutdown = runs.shutdown.clone();
         let _gauge = crate::metrics::RunGauge::start();
+        let client = runs.http.clone();
         let work = async {
-            sink.append(EventType::AgentStarted, json!({"agent": agent})).await?;
-            demo::run(input, sink.clone()).await
+            match work {
+                Work::Demo(input) => demo::run(input, sink.clone()).await,
+                Work::Http(run) => http::run(&client, run, sink.clone()).await,
+            }
         };
         let (ty, status, data) = tokio::select! {
             outcome = work => match outcome {
                 Ok(Outcome::Completed(result)) => (EventType::AgentCompleted, RunStatus::Completed, json!({"result": result})),
                 Ok(Outcome::Failed { code, message }) => (EventType::AgentFailed, RunStatus::Failed, json!({"code": code, "message": message})),
+                Ok(Outcome::Terminal { ty, data }) => {
+                    let status = if ty == EventType::AgentCompleted { RunStatus::Completed } else { RunStatus::Failed };
+                    (ty, status, data)
+                }
                 Err(e) => {
                     runs.abandon(&run_id, &e);
                     return;
