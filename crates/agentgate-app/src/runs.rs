@@ -109,13 +109,13 @@ impl Runs {
         }
         let work = match &agent_cfg.kind {
             AgentKind::Demo => Work::Demo(DemoInputOrErr::parse(input)?),
-            AgentKind::Http(agent) => Work::Http(http::HttpRun {
+            AgentKind::Http(agent) => Work::Http(Box::new(http::HttpRun {
                 agent: agent.clone(),
                 name: agent_cfg.name.clone(),
                 input: input.clone(),
                 principal: principal.clone(),
                 max_line: config.server.max_message_bytes,
-            }),
+            })),
         };
         let run_id = id::run_id();
         let (cancel_tx, cancel_rx) = oneshot::channel();
@@ -218,7 +218,7 @@ impl DemoInputOrErr {
 #[derive(Debug)]
 enum Work {
     Demo(demo::DemoInput),
-    Http(http::HttpRun),
+    Http(Box<http::HttpRun>),
 }
 
 /// A run that passed every check and is registered, not yet started.
@@ -246,7 +246,7 @@ impl PreparedRun {
         let work = async {
             match work {
                 Work::Demo(input) => demo::run(input, sink.clone()).await,
-                Work::Http(run) => http::run(&client, run, sink.clone()).await,
+                Work::Http(run) => http::run(&client, *run, sink.clone()).await,
             }
         };
         let (ty, status, data) = tokio::select! {
