@@ -127,8 +127,7 @@ async fn ndjson_and_sse_streams_become_events_with_exactly_one_terminal() {
     assert_eq!(events[2]["data"], json!({"code": "model_error", "message": "boom"}));
 
     // What the upstream received: the agent's own secret, never the user's token.
-    let seen = up.seen.lock().unwrap();
-    let (headers, body) = &seen[0];
+    let (headers, body) = up.seen.lock().unwrap()[0].clone();
     assert_eq!(headers["authorization"], format!("Bearer {AGENT_SECRET}"));
     assert!(!headers["authorization"].to_str().unwrap().contains(&token));
     assert_eq!(headers["content-type"], "application/json");
@@ -138,7 +137,6 @@ async fn ndjson_and_sse_streams_become_events_with_exactly_one_terminal() {
     assert_eq!(body["session_id"], welcome["session_id"]);
     assert!(body["run_id"].as_str().unwrap().starts_with("r_"));
     assert_eq!(body["principal"], json!({"subject": "alice", "tenant": "acme", "scopes": ["agents:run"]}));
-    drop(seen);
     server.shutdown().await;
 }
 
