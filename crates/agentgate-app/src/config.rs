@@ -83,6 +83,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<String>,
     /// Interval of server pings (extension key `server.heartbeat_ms`).
     pub heartbeat: Duration,
+    /// Time to send the HTTP request head (extension key `server.handshake_timeout_ms`).
+    pub handshake_timeout: Duration,
 }
 
 /// `[auth]` settings other than the credential sources.
@@ -278,6 +280,7 @@ impl Config {
         }
         positive(f.server.max_message_bytes, "server.max_message_bytes")?;
         positive(f.server.heartbeat_ms, "server.heartbeat_ms")?;
+        positive(f.server.handshake_timeout_ms, "server.handshake_timeout_ms")?;
         positive(f.sessions.buffer_events, "sessions.buffer_events")?;
         positive(f.limits.messages_per_s, "limits.messages_per_s")?;
         positive(f.limits.runs_per_principal, "limits.runs_per_principal")?;
@@ -476,6 +479,7 @@ impl Config {
                 shutdown_grace: Duration::from_secs(f.server.shutdown_grace_s),
                 metrics_listen: f.server.metrics_listen,
                 heartbeat: Duration::from_millis(f.server.heartbeat_ms),
+                handshake_timeout: Duration::from_millis(f.server.handshake_timeout_ms),
             },
             auth: AuthConfig {
                 query_token: f.auth.query_token,

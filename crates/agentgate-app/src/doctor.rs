@@ -484,37 +484,23 @@ fn check_secrets(config: &Config, raw: Option<&ConfigFile>, report: &mut Report)
         let key = issuer_key(config, raw, i);
         let fp = fingerprint(secret);
         let data = json!({"issuer": issuer.name, "fingerprint": fp, "bytes": secret.len()});
-        if is_placeholder(secret) {
-            report.push(
-                Finding::new(
-                    severity,
-                    key.clone(),
-                    format!(
-                        "the HMAC secret of issuer {:?} (fingerprint {fp}) looks like a placeholder that anyone \
-                         can guess, and then mint tokens{note}",
-                        issuer.name
-                    ),
-                    Some("replace it with a random secret: openssl rand -hex 32".to_owned()),
-                )
-                .with_data(data.clone()),
-            );
-        }
-        if secret.len() < MIN_HMAC_SECRET_BYTES {
-            report.push(
-                Finding::new(
-                    severity,
-                    key,
-                    format!(
-                        "the HMAC secret of issuer {:?} (fingerprint {fp}) is {} bytes; HMAC keys need at least \
-                         {MIN_HMAC_SECRET_BYTES} random bytes{note}",
-                        issuer.name,
-                        secret.len()
-                    ),
-                    Some("generate one with: openssl rand -hex 32 (then mint new tokens)".to_owned()),
-                )
-                .with_data(data),
-            );
-        }
+        let short = secret.len() < MIN_HMAC_SECRET_BYTES;
+        let length = format!("{} bytes; HMAC keys need at least {MIN_HMAC_SECRET_BYTES} random bytes", secret.len());
+        let problem = match (is_placeholder(secret), short) {
+            (true, true) => format!("looks like a placeholder that anyone can guess, and is {length}"),
+            (true, false) => "looks like a placeholder that anyone can guess".to_owned(),
+            (false, true) => format!("is {length}"),
+            (false, false) => continue,
+        };
+        report.push(
+            Finding::new(
+                severity,
+                key,
+                format!("the HMAC secret of issuer {:?} (fingerprint {fp}) {problem}{note}", issuer.name),
+                Some("replace it with a random secret: openssl rand -hex 32 (then mint new tokens)".to_owned()),
+            )
+            .with_data(data),
+        );
     }
 }
 
@@ -594,7 +580,11 @@ fn list_keys(config: &Config, raw: Option<&ConfigFile>, options: Options, report
             }
             continue;
         }
-        let signs = if issuer.can_sign() { "; agentgate token mint signs with this issuer" } else { "" };
+        let signs = if issuer.can_sign() {
+            format!("; agentgate token mint --issuer {} signs with it", issuer.name)
+        } else {
+            String::new()
+        };
         for k in keys.iter() {
             let algorithms: Vec<String> =
                 issuer.algorithms.iter().filter(|a| k.admits(**a)).map(|a| format!("{a:?}")).collect();
@@ -640,7 +630,7 @@ fn list_keys(config: &Config, raw: Option<&ConfigFile>, options: Options, report
 /// Agents, and MCP servers with their programs looked up on `PATH`.
 fn list_agents(config: &Config, env: &Env, options: Options, report: &mut Report) {
     let agents: Vec<String> = config.agents.iter().map(|a| format!("{} (scope {})", a.name, a.scope)).collect();
-    report.push(Finding::info("agents", format!("agents: {}", agents.join(", "))));
+    report.push(Finding::info("agents", agents.join(", ")));
     for (i, m) in config.mcp.servers.iter().enumerate() {
         let key = format!("mcp.servers[{i}]");
         let program = &m.command[0];

@@ -179,12 +179,7 @@ pub async fn serve(
         let _ = trigger_state.shutdown.send(true);
         let _ = stop_tx.send(());
     });
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
-        async move {
-            let _ = stop_rx.await;
-        },
-    );
-    server.await?;
+    accept_loop(listener, app, stop_rx, state.config.server.handshake_timeout).await;
     // The accept loop has stopped; WebSockets are closing. Wait for them, bounded.
     drop(state.tracker.lock().unwrap_or_else(|p| p.into_inner()).take());
     if tokio::time::timeout(grace, tracked.recv()).await.is_err() {
@@ -197,6 +192,65 @@ pub async fn serve(
     refresher.abort();
     tracing::info!("agentgate stopped");
     Ok(())
+}
+
+/// Largest request head (request line and headers); larger ones get 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Accept connections until `stop` fires, serving each with HTTP/1.1 and upgrades.
+/// Unlike `axum::serve`, this sets a header read timeout (`server.handshake_timeout_ms`,
+/// the slowloris bound) and a head size cap, and
+/// hands each request its peer address as `ConnectInfo`.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    head_timeout: Duration,
+) {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let (closing, closed) = watch::channel(());
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(remote));
+            req.map(axum::body::Body::new)
+        });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let mut closed = closed.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).max_buf_size(MAX_HEAD_BYTES);
+            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(remote = %remote, error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                _ = closed.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    drop(closing);
 }
 
 fn write_addr_file(path: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {

@@ -115,7 +115,10 @@ pub(crate) async fn run(client: &reqwest::Client, run: HttpRun, sink: RunSink) -
     loop {
         let line = match tokio::time::timeout(timeout, lines.next()).await {
             Err(_) => {
-                return Ok(failed("upstream_timeout", format!("the upstream sent nothing for {} s", timeout.as_secs())));
+                return Ok(failed(
+                    "upstream_timeout",
+                    format!("the upstream sent nothing for {} s", timeout.as_secs()),
+                ));
             }
             Ok(None) => {
                 // A last SSE event without its blank line still counts.

@@ -32,6 +32,8 @@ pub(crate) struct ServerFile {
     pub(crate) metrics_listen: Option<String>,
     /// agentgate extension: interval of server pings, announced in the welcome.
     pub(crate) heartbeat_ms: u64,
+    /// agentgate extension: time a client has to send its HTTP request head.
+    pub(crate) handshake_timeout_ms: u64,
 }
 
 impl Default for ServerFile {
@@ -46,6 +48,7 @@ impl Default for ServerFile {
             shutdown_grace_s: 10,
             metrics_listen: None,
             heartbeat_ms: 25_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
