@@ -49,14 +49,9 @@ pub(crate) async fn tickets(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let request_id = id::request_id();
-    let origin = match allowed_origin(&app, &headers, &request_id) {
-        Ok(o) => o,
-        Err(r) => return refuse(&app, r, remote, None),
-    };
-    let principal = match bearer_principal(&app, &headers, &request_id).await {
-        Ok(p) => p,
-        Err(r) => return refuse(&app, r, remote, origin.as_deref()),
+    let (request_id, origin, principal) = match authenticate(&app, &headers, remote).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
     };
     let Some(ticket) = app.tickets.issue(principal.clone(), origin.clone()) else {
         let mut r = Rejection::new(ErrorCode::RateLimited, "too many live tickets; retry shortly", &request_id);
@@ -90,14 +85,9 @@ pub(crate) async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request_id = id::request_id();
-    let origin = match allowed_origin(&app, &headers, &request_id) {
-        Ok(o) => o,
-        Err(r) => return refuse(&app, r, remote, None),
-    };
-    let principal = match bearer_principal(&app, &headers, &request_id).await {
-        Ok(p) => p,
-        Err(r) => return refuse(&app, r, remote, origin.as_deref()),
+    let (request_id, origin, principal) = match authenticate(&app, &headers, remote).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
     };
     if !principal.has_scope("admin") {
         let r = Rejection::new(ErrorCode::ScopeMissing, "revoking tokens needs scope \"admin\"", &request_id)
@@ -124,6 +114,20 @@ pub(crate) async fn revoke(
         cors(&mut resp, o);
     }
     resp
+}
+
+/// The common start of an API request: a request id, the `Origin` (checked first),
+/// then the bearer credential. `Err` is the finished refusal.
+async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<(String, Option<String>, Principal), Response> {
+    let request_id = id::request_id();
+    let origin = allowed_origin(app, headers, &request_id).map_err(|r| refuse(app, r, remote, None))?;
+    let principal =
+        bearer_principal(app, headers, &request_id).await.map_err(|r| refuse(app, r, remote, origin.as_deref()))?;
+    Ok((request_id, origin, principal))
 }
 
 fn parse_revoke(body: &[u8]) -> Result<Revoke, String> {

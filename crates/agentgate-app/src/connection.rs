@@ -42,8 +42,8 @@ pub(crate) enum Start {
 /// The connection's places in the per-IP and per-principal counts, held until it ends.
 pub(crate) type Slots = (Slot<IpAddr>, Slot<Owner>);
 
-/// Why the loop ended.
-enum End {
+/// Why a connection loop ended.
+pub(crate) enum End {
     /// Close with this code.
     Close(ErrorCode),
     /// The client sent a close frame: answer it (RFC 6455 5.5.1).
@@ -162,9 +162,7 @@ struct Conn<'a> {
 
 impl Conn<'_> {
     async fn serve(&mut self) -> End {
-        let per_s = NonZeroU32::new(self.app.config.limits.messages_per_s).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(per_s.get().saturating_mul(2)).unwrap_or(per_s);
-        let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
+        let limiter = message_limiter(self.app);
         let mut shutdown = self.app.shutdown_rx();
         let heartbeat = self.app.config.server.heartbeat;
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -200,34 +198,14 @@ impl Conn<'_> {
                 },
                 frame = self.socket.recv() => {
                     last_seen = Instant::now();
-                    match frame {
-                        Some(Ok(Message::Text(text))) => {
-                            if text.len() > self.app.config.server.max_message_bytes {
-                                return End::Close(ErrorCode::MessageTooLarge);
-                            }
-                            if limiter.check().is_err() {
-                                return End::Close(ErrorCode::RateLimited);
-                            }
+                    match inbound(frame, self.app.config.server.max_message_bytes, &limiter) {
+                        Inbound::Text(text) => {
                             if let Some(end) = self.on_text(text.as_str(), &mut warned).await {
                                 return end;
                             }
                         }
-                        Some(Ok(Message::Binary(data))) => {
-                            if data.len() > self.app.config.server.max_message_bytes {
-                                return End::Close(ErrorCode::MessageTooLarge);
-                            }
-                            return End::Close(ErrorCode::ProtocolError);
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) => return End::ClientClosed,
-                        None => return End::Gone,
-                        Some(Err(e)) => {
-                            let text = e.to_string();
-                            if text.contains("too long") || text.contains("Space limit") {
-                                return End::Close(ErrorCode::MessageTooLarge);
-                            }
-                            return End::Gone;
-                        }
+                        Inbound::Control => {}
+                        Inbound::End(end) => return end,
                     }
                 }
                 () = sleep_until_opt(warn_at), if !warned => {
@@ -431,7 +409,58 @@ async fn await_auth(
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+/// A client frame, checked for what every endpoint refuses alike.
+pub(crate) enum Inbound {
+    /// A text frame within the size and rate limits.
+    Text(axum::extract::ws::Utf8Bytes),
+    /// A ping or pong (answered by the WebSocket layer).
+    Control,
+    /// The connection ends: oversize (1009), rate (4429), binary (4400), the
+    /// client's close, or a broken socket.
+    End(End),
+}
+
+/// The per-connection client message limiter: `limits.messages_per_s`, burst twice.
+pub(crate) type MessageLimiter = governor::DefaultDirectRateLimiter;
+
+/// A limiter for one connection.
+pub(crate) fn message_limiter(app: &AppState) -> MessageLimiter {
+    let per_s = NonZeroU32::new(app.config.limits.messages_per_s).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(per_s.get().saturating_mul(2)).unwrap_or(per_s);
+    RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst))
+}
+
+/// Classify a received frame.
+pub(crate) fn inbound(frame: Option<Result<Message, axum::Error>>, max: usize, limiter: &MessageLimiter) -> Inbound {
+    match frame {
+        Some(Ok(Message::Text(text))) => {
+            if text.len() > max {
+                Inbound::End(End::Close(ErrorCode::MessageTooLarge))
+            } else if limiter.check().is_err() {
+                Inbound::End(End::Close(ErrorCode::RateLimited))
+            } else {
+                Inbound::Text(text)
+            }
+        }
+        Some(Ok(Message::Binary(data))) if data.len() > max => Inbound::End(End::Close(ErrorCode::MessageTooLarge)),
+        Some(Ok(Message::Binary(_))) => Inbound::End(End::Close(ErrorCode::ProtocolError)),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Control,
+        Some(Ok(Message::Close(_))) => Inbound::End(End::ClientClosed),
+        None => Inbound::End(End::Gone),
+        Some(Err(e)) => {
+            // The library refuses frames above twice the limit on its own.
+            let text = e.to_string();
+            if text.contains("too long") || text.contains("Space limit") {
+                Inbound::End(End::Close(ErrorCode::MessageTooLarge))
+            } else {
+                Inbound::End(End::Gone)
+            }
+        }
+    }
+}
+
+/// Sleep until `at`, or forever without one.
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

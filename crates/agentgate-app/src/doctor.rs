@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::file::{ConfigFile, JwtFile};
-use crate::config::{DEV_ISSUER, Profile, dev_key_path};
+use crate::config::{AgentKind, DEV_ISSUER, Profile, dev_key_path};
 use crate::{Config, ConfigError, Env};
 
 /// Shortest HMAC secret accepted without a finding: HS256 keys should carry at least
@@ -306,6 +306,13 @@ fn source_key(i: usize, j: Option<&JwtFile>) -> String {
 /// Secret variables and files, checked one by one before the whole configuration is
 /// loaded (which stops at the first fault).
 fn check_sources(raw: &ConfigFile, env: &Env, report: &mut Report) {
+    for (i, a) in raw.agents.iter().enumerate() {
+        if let Some(var) = &a.secret_env
+            && a.kind == "http"
+        {
+            check_secret_env(var, &format!("agents[{i}].secret_env"), env, report);
+        }
+    }
     for (i, j) in raw.auth.jwt.iter().enumerate() {
         let key = |field: &str| format!("auth.jwt[{i}].{field}");
         if let Some(var) = &j.secret_env {
@@ -332,16 +339,17 @@ fn check_sources(raw: &ConfigFile, env: &Env, report: &mut Report) {
 }
 
 fn check_secret_env(var: &str, key: &str, env: &Env, report: &mut Report) {
+    let elsewhere = if key.starts_with("auth.") { ", or point secret_file at a file holding the secret" } else { "" };
     match env.get(var) {
         None => report.push(Finding::error(
             key,
             format!("environment variable {var} is not set"),
-            "export it, or point secret_file at a file holding the secret",
+            format!("export it{elsewhere}"),
         )),
         Some(v) if v.is_empty() => report.push(Finding::error(
             key,
             format!("environment variable {var} is set but empty (as an env file that lacks the value leaves it)"),
-            format!("give {var} the secret's value where it is set, or point secret_file at a file holding the secret"),
+            format!("give {var} the secret's value where it is set{elsewhere}"),
         )),
         Some(v) if v.trim() != v => report.push(Finding::warning(
             key,
@@ -629,7 +637,20 @@ fn list_keys(config: &Config, raw: Option<&ConfigFile>, options: Options, report
 
 /// Agents, and MCP servers with their programs looked up on `PATH`.
 fn list_agents(config: &Config, env: &Env, options: Options, report: &mut Report) {
-    let agents: Vec<String> = config.agents.iter().map(|a| format!("{} (scope {})", a.name, a.scope)).collect();
+    let agents: Vec<String> = config
+        .agents
+        .iter()
+        .map(|a| match &a.kind {
+            AgentKind::Demo => format!("{} (demo, scope {})", a.name, a.scope),
+            AgentKind::Http(h) => format!(
+                "{} (http upstream {}, bearer fingerprint {}, scope {})",
+                a.name,
+                shown_url(&h.url),
+                fingerprint(h.secret.as_bytes()),
+                a.scope
+            ),
+        })
+        .collect();
     report.push(Finding::info("agents", agents.join(", ")));
     for (i, m) in config.mcp.servers.iter().enumerate() {
         let key = format!("mcp.servers[{i}]");
@@ -657,6 +678,19 @@ fn list_agents(config: &Config, env: &Env, options: Options, report: &mut Report
             }
         }
         report.push(Finding::info(key, what));
+    }
+}
+
+/// A URL without credentials: no user info, query or fragment.
+fn shown_url(url: &str) -> String {
+    let base = url.split(['?', '#']).next().unwrap_or(url);
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}/{path}")
+        }
+        None => base.to_owned(),
     }
 }
 
@@ -710,6 +744,12 @@ mod tests {
         for l in ["0.0.0.0:8079", "[::]:8079", "10.0.0.5:80", "gateway.internal:8079"] {
             assert!(!is_loopback_listen(l), "{l}");
         }
+    }
+
+    #[test]
+    fn shown_urls_carry_no_credentials() {
+        assert_eq!(shown_url("https://u:pw@agents.internal:9000/run?key=x#f"), "https://agents.internal:9000/run");
+        assert_eq!(shown_url("redis://:pw@127.0.0.1:6379"), "redis://127.0.0.1:6379/");
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! the connection closes; its stderr goes to the gateway's log with the connection id.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +19,13 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, header::ORIGIN};
 use axum::response::Response;
 use futures_util::StreamExt;
-use governor::{Quota, RateLimiter};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::Instant;
 use tokio_util::codec::{AnyDelimiterCodec, FramedRead, LinesCodec};
 
 use crate::config::McpServerConfig;
-use crate::connection::{self, Slots};
+use crate::connection::{self, End, Inbound, Slots, sleep_until_opt};
 use crate::credentials::{self, Endpoint, Found};
 use crate::error::Rejection;
 use crate::limits::Slot;
@@ -152,13 +150,6 @@ async fn decide(
     Ok(Admitted { principal, server: config.clone(), _slots: (ip_slot, principal_slot), _processes: (total, mine) })
 }
 
-/// Why the relay ended.
-enum End {
-    Close(ErrorCode),
-    ClientClosed,
-    Gone,
-}
-
 async fn relay(app: Arc<AppState>, mut socket: WebSocket, admitted: Admitted, remote: SocketAddr, request_id: String) {
     let _gauge = crate::metrics::ConnectionGauge::open();
     let Some(_tracked) = app.track_connection() else {
@@ -231,9 +222,7 @@ async fn pump(
     principal: &Principal,
     conn_id: u64,
 ) -> End {
-    let per_s = NonZeroU32::new(app.config.limits.messages_per_s).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(per_s.get().saturating_mul(2)).unwrap_or(per_s);
-    let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
+    let limiter = connection::message_limiter(app);
     let mut shutdown = app.shutdown_rx();
     let mut revoked = app.revocations.subscribe();
     let expire_at = principal.expires_at.map(|exp| {
@@ -271,14 +260,8 @@ async fn pump(
                     return End::Close(ErrorCode::McpServerFailed);
                 }
             },
-            frame = socket.recv() => match frame {
-                Some(Ok(Message::Text(text))) => {
-                    if text.len() > max {
-                        return End::Close(ErrorCode::MessageTooLarge);
-                    }
-                    if limiter.check().is_err() {
-                        return End::Close(ErrorCode::RateLimited);
-                    }
+            frame = socket.recv() => match connection::inbound(frame, max, &limiter) {
+                Inbound::Text(text) => {
                     if text.as_str().contains('\n') {
                         return End::Close(ErrorCode::ProtocolError);
                     }
@@ -297,22 +280,8 @@ async fn pump(
                         }
                     }
                 }
-                Some(Ok(Message::Binary(data))) => {
-                    if data.len() > max {
-                        return End::Close(ErrorCode::MessageTooLarge);
-                    }
-                    return End::Close(ErrorCode::ProtocolError);
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) => return End::ClientClosed,
-                None => return End::Gone,
-                Some(Err(e)) => {
-                    let t = e.to_string();
-                    if t.contains("too long") || t.contains("Space limit") {
-                        return End::Close(ErrorCode::MessageTooLarge);
-                    }
-                    return End::Gone;
-                }
+                Inbound::Control => {}
+                Inbound::End(end) => return end,
             },
         }
     }
@@ -352,11 +321,4 @@ async fn stop(child: &mut Child) {
         }
     }
     let _ = child.kill().await;
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
