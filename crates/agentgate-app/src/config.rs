@@ -213,29 +213,7 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the key at fault.
     pub fn load(path: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
-        let mut table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    ConfigError::new(p.display().to_string(), format!("cannot read the config file: {e}"))
-                })?;
-                toml::from_str::<toml::Table>(&text)
-                    .map_err(|e| ConfigError::new(p.display().to_string(), format!("not valid TOML: {e}")))?
-            }
-            None => toml::Table::new(),
-        };
-        let overridden = apply_env_overrides(&mut table, env)?;
-        let file: ConfigFile = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            let from_env = overridden
-                .iter()
-                .find(|(path, _)| {
-                    key == *path || key.starts_with(&format!("{path}.")) || key.starts_with(&format!("{path}["))
-                })
-                .map(|(_, var)| format!(" (set by environment variable {var})"))
-                .unwrap_or_default();
-            ConfigError::new(key, format!("{}{from_env}", e.inner()))
-        })?;
-        Self::from_file(file, env)
+        Self::from_file(load_file(path, env)?, env)
     }
 
     fn from_file(f: ConfigFile, env: &Env) -> Result<Self, ConfigError> {
@@ -525,6 +503,35 @@ impl Config {
     pub fn origin_allowed(&self, origin: &str) -> bool {
         self.server.allow_any_origin || self.server.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
+}
+
+/// The file with the `AGENTGATE_<SECTION>__<KEY>` overrides applied, deserialised but
+/// not yet validated: what `doctor` inspects before [`Config::load`] would stop at the
+/// first fault.
+///
+/// # Errors
+/// The file cannot be read or parsed, an override names no key, or a value has the
+/// wrong type.
+pub(crate) fn load_file(path: Option<&Path>, env: &Env) -> Result<ConfigFile, ConfigError> {
+    let mut table = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::new(p.display().to_string(), format!("cannot read the config file: {e}")))?;
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| ConfigError::new(p.display().to_string(), format!("not valid TOML: {e}")))?
+        }
+        None => toml::Table::new(),
+    };
+    let overridden = apply_env_overrides(&mut table, env)?;
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let from_env = overridden
+            .iter()
+            .find(|(path, _)| key == *path || key.starts_with(&format!("{path}.")) || key.starts_with(&format!("{path}[")))
+            .map(|(_, var)| format!(" (set by environment variable {var})"))
+            .unwrap_or_default();
+        ConfigError::new(key, format!("{}{from_env}", e.inner()))
+    })
 }
 
 fn positive(v: u64, key: &str) -> Result<(), ConfigError> {

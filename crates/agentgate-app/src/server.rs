@@ -22,7 +22,7 @@ use crate::tickets::Tickets;
 
 /// Read buffer per WebSocket. tungstenite's default (128 KiB) would dominate the cost
 /// of an idle connection; frames larger than this are still read, in several reads.
-pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+pub const READ_BUFFER_BYTES: usize = 1024;
 
 /// How often expired sessions and runs are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
