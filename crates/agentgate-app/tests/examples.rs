@@ -27,5 +27,16 @@ fn every_example_config_loads() {
         loaded.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     loaded.sort();
-    assert_eq!(loaded, ["api-keys.toml", "development.toml", "hs256.toml", "rsa-public-key.toml"]);
+    assert_eq!(
+        loaded,
+        [
+            "api-keys.toml",
+            "auth0.toml",
+            "development.toml",
+            "hs256.toml",
+            "keycloak.toml",
+            "rsa-public-key.toml",
+            "supabase.toml"
+        ]
+    );
 }

@@ -209,3 +209,37 @@ async fn an_unreachable_jwks_url_makes_the_node_unready_and_names_the_error() {
     assert!(last["checks"]["jwks:idp"].as_str().unwrap().contains("connect"), "{last}");
     server.shutdown().await;
 }
+
+/// JWKS documents as Supabase (EC keys with `key_ops` and `ext`), Auth0 (RSA keys with
+/// `x5t` and `x5c`) and Keycloak (a signing key beside an `RSA-OAEP` encryption key)
+/// publish them: the signing keys work, the encryption key is skipped.
+#[tokio::test]
+async fn provider_style_jwks_documents_are_understood() {
+    let mut supabase = serde_json::to_value(jwk("ec256.key", Algorithm::ES256, "supabase-ec", true)).unwrap();
+    supabase["key_ops"] = json!(["verify"]);
+    supabase["ext"] = json!(true);
+    supabase["use"] = json!("sig");
+    let mut auth0 = serde_json::to_value(jwk("rsa.key", Algorithm::RS256, "auth0-rsa", true)).unwrap();
+    auth0["use"] = json!("sig");
+    auth0["x5t"] = json!("bm90LWEtcmVhbC10aHVtYnByaW50");
+    auth0["x5c"] = json!(["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]);
+    let mut keycloak_enc = serde_json::to_value(jwk("rsa-other.key", Algorithm::RS256, "keycloak-enc", true)).unwrap();
+    keycloak_enc["use"] = json!("enc");
+    keycloak_enc["alg"] = json!("RSA-OAEP");
+    let document = json!({"keys": [keycloak_enc, supabase, auth0]});
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/certs", get(move || async move { axum::Json(document.clone()) }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let cfg = format!(
+        "[[auth.jwt]]\nname = \"idp\"\nalgorithms = [\"RS256\", \"ES256\"]\njwks_url = \"http://{addr}/certs\"\n"
+    );
+    let server = TestServer::start(&cfg, &[]).await;
+    wait_ready(&server).await;
+    assert_eq!(outcome(&server, &token("ec256.key", "ES256", "supabase-ec", "alice")).await, "accepted");
+    assert_eq!(outcome(&server, &token("rsa.key", "RS256", "auth0-rsa", "bob")).await, "accepted");
+    // The encryption key never verifies a signature.
+    assert_eq!(outcome(&server, &token("rsa-other.key", "RS256", "keycloak-enc", "mallory")).await, "key_unknown");
+    server.shutdown().await;
+}

@@ -888,3 +888,47 @@ async fn run_get_after_a_resume_reports_runs_that_ended_while_detached() {
     assert_eq!(statuses.into_values().collect::<Vec<_>>(), ["completed", "failed"]);
     server.shutdown().await;
 }
+
+/// A peer that completes the handshake and then goes silent (never answers pings) is
+/// dropped after three heartbeats, and its session is left detached, ready to resume.
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_three_heartbeats_and_its_session_resumes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = hs_server("[server]\nheartbeat_ms = 100\n").await;
+    let token = server.mint("alice");
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let req = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read (and never answer) until the server hangs up.
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("the server dropped the silent peer within 5 s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= std::time::Duration::from_millis(250), "dropped too early: {elapsed:?}");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    let start = text.find("{\"type\":\"welcome\"").expect("a welcome frame");
+    let end = start
+        + text[start..].find("\"heartbeat_ms\":100}").expect("end of the welcome")
+        + "\"heartbeat_ms\":100}".len();
+    let welcome: serde_json::Value = serde_json::from_str(&text[start..end]).unwrap();
+    // Pings were sent (opcode 0x89) before the drop.
+    assert!(seen.contains(&0x89), "the server pinged the peer");
+    let sid = welcome["session_id"].as_str().unwrap();
+    let (resumed, _ws) = connect_ok(&server.ws_url(&format!("/v1/ws?session_id={sid}&last_seq=0")), &token).await;
+    assert_eq!(resumed["resumed"], true);
+    server.shutdown().await;
+}
