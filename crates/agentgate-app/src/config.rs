@@ -527,7 +527,9 @@ pub(crate) fn load_file(path: Option<&Path>, env: &Env) -> Result<ConfigFile, Co
         let key = e.path().to_string();
         let from_env = overridden
             .iter()
-            .find(|(path, _)| key == *path || key.starts_with(&format!("{path}.")) || key.starts_with(&format!("{path}[")))
+            .find(|(path, _)| {
+                key == *path || key.starts_with(&format!("{path}.")) || key.starts_with(&format!("{path}["))
+            })
             .map(|(_, var)| format!(" (set by environment variable {var})"))
             .unwrap_or_default();
         ConfigError::new(key, format!("{}{from_env}", e.inner()))

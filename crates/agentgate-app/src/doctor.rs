@@ -13,13 +13,16 @@
 //!    (so two environments can be compared without revealing a secret), API keys,
 //!    agents and MCP servers.
 //! 4. Environment checks, skipped with `offline`: every `jwks_url` is fetched, every
-//!    MCP program is looked up on `PATH`.
+//!    MCP program is looked up on `PATH`, and with `backend.kind = "redis"` Redis is
+//!    sent `PING` at `backend.redis_url` (straight from the file, so even while this
+//!    build refuses the Redis backend), its password masked wherever the URL is shown.
 //!
 //! No finding ever holds a secret or token: secrets are named by their fingerprint.
 //! The one real connection of `doctor --url` is made by the binary, which owns the
 //! client library, and appended to the same report.
 
 mod checks;
+mod redis;
 
 use std::fmt;
 use std::path::Path;
@@ -190,8 +193,8 @@ impl Report {
 /// What [`run`] checks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
-    /// Skip environment checks that reach outside this machine's files: JWKS fetches
-    /// and MCP program lookups.
+    /// Skip environment checks that reach outside this machine's files: JWKS fetches,
+    /// MCP program lookups and the Redis probe.
     pub offline: bool,
 }
 
@@ -203,6 +206,7 @@ pub async fn run(path: Option<&Path>, env: &Env, options: Options) -> Report {
     let raw = load_raw(path, env);
     if let Some(raw) = &raw {
         checks::check_sources(raw, env, &mut report);
+        redis::check_redis(raw, options.offline, &mut report).await;
     }
     let config = match Config::load(path, env) {
         Ok(c) => c,

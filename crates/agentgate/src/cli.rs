@@ -30,6 +30,10 @@ pub(crate) enum Command {
     Token(TokenCommand),
     /// Connect to /v1/ws, print every server message as a JSON line; optionally run an agent.
     Connect(ConnectArgs),
+    /// Check a configuration (and optionally one real connection); print each finding with its fix.
+    Doctor(DoctorArgs),
+    /// A stdio MCP server (for an IDE) that relays to the gateway's /v1/mcp/{server}.
+    McpShim(McpShimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -107,4 +111,42 @@ pub(crate) struct ConnectArgs {
     /// The run's input, a JSON object (default {}).
     #[arg(long, value_name = "JSON", requires = "run")]
     pub(crate) input: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DoctorArgs {
+    /// Config file (TOML); without it, the development defaults.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Skip the environment checks that reach out: JWKS fetches and MCP program lookups.
+    #[arg(long)]
+    pub(crate) offline: bool,
+    /// Also make one real connection to this WebSocket URL, e.g. ws://127.0.0.1:8079/v1/ws.
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// Read the token for --url from this environment variable (default: AGENTGATE_TOKEN).
+    #[arg(long, requires = "url", conflicts_with = "token_file")]
+    pub(crate) token_env: Option<String>,
+    /// Read the token for --url from this file.
+    #[arg(long, requires = "url")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct McpShimArgs {
+    /// The MCP server's WebSocket URL, e.g. ws://127.0.0.1:8079/v1/mcp/everything.
+    #[arg(long)]
+    pub(crate) url: String,
+    /// Read the token from this environment variable (default: AGENTGATE_TOKEN).
+    #[arg(long, conflicts_with = "token_file")]
+    pub(crate) token_env: Option<String>,
+    /// Read the token from this file (re-read after the gateway refuses a token).
+    #[arg(long)]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Load KEY=VALUE lines from this file first; they never override variables already set.
+    #[arg(long)]
+    pub(crate) env_file: Option<PathBuf>,
 }

@@ -2,6 +2,8 @@
 //! error, and reading a token from a variable, a file or standard input.
 
 mod connect;
+mod doctor;
+mod mcp_shim;
 mod serve;
 mod token;
 
@@ -23,6 +25,8 @@ pub(crate) fn dispatch(command: Command) -> u8 {
         Command::Token(TokenCommand::Mint(args)) => token::mint(args),
         Command::Token(TokenCommand::Inspect(args)) => token::inspect(args),
         Command::Connect(args) => connect::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::McpShim(args) => mcp_shim::run(args),
     }
 }
 
