@@ -6,280 +6,24 @@
 //! `127.0.0.1:0` and announce their port through `server.addr_file`, every spawned
 //! process is killed when its guard drops, and every wait is bounded.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-
-/// Longest wait for a short command (mint, inspect, a config error).
-const CMD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a server to write its addr file.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for a server to exit after SIGTERM.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest wait for one WebSocket step.
-const STEP: Duration = Duration::from_secs(10);
-
-/// A test HMAC secret (never a real one).
-const HS_SECRET: &str = "Zq7wX9zK2mP4vL8nR3tY6uB1cD5fG0hJsecret";
-/// A second, different test HMAC secret (the "other environment").
-const OTHER_SECRET: &str = "Mv3kT8pW1xQ6zR9yN4bL7cJ2hF5dS0gAother";
-/// A test API key (its SHA-256 goes in the config).
-const API_KEY: &str = "agk_8f7e6d5c4b3a29180716f5e4d3c2b1a0Kx";
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------
-// Processes
+// Tokens
 // ---------------------------------------------------------------------------------
-
-/// A fresh temporary directory used as `AGENTGATE_HOME` and for config files.
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
-
-impl Sandbox {
-    fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir") }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn home(&self) -> PathBuf {
-        self.path().join("home")
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.path().join(name)
-    }
-
-    /// Write `text` to `name` and return its path.
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.file(name);
-        std::fs::write(&p, text).expect("write fixture");
-        p
-    }
-
-    /// `[server]` lines for a server on `127.0.0.1:0` announcing itself in `<tmp>/addr`.
-    fn server_section(&self) -> String {
-        format!("[server]\nlisten = \"127.0.0.1:0\"\naddr_file = {}\n", toml_str(&self.file("addr")))
-    }
-
-    /// The binary, with a clean environment: no inherited `AGENTGATE_*` or `RUST_LOG`,
-    /// `AGENTGATE_HOME` set to this sandbox.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_agentgate"));
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("AGENTGATE_") || k == "RUST_LOG" {
-                c.env_remove(k.as_ref());
-            }
-        }
-        c.env("AGENTGATE_HOME", self.home());
-        c.args(args);
-        c
-    }
-
-    /// Run a command to completion (bounded), feeding `stdin` if given.
-    fn run(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-        let mut c = self.cmd(args);
-        c.envs(env.iter().copied());
-        run_bounded(c, stdin)
-    }
-
-    /// `agentgate token mint ...`, which must succeed; returns the token.
-    fn mint(&self, args: &[&str], env: &[(&str, &str)]) -> String {
-        let mut full = vec!["token", "mint"];
-        full.extend_from_slice(args);
-        let out = self.run(&full, env, None);
-        assert!(out.status.success(), "mint {args:?} failed: {}", describe(&out));
-        let stdout = String::from_utf8(out.stdout.clone()).expect("UTF-8 token");
-        assert!(stdout.ends_with('\n'), "mint prints the token and a newline: {stdout:?}");
-        let token = stdout.trim_end_matches('\n');
-        assert!(!token.contains('\n') && !token.contains(' '), "mint prints the token alone: {stdout:?}");
-        assert_eq!(token.split('.').count(), 3, "a JWT: {token:?}");
-        token.to_owned()
-    }
-
-    /// Start `agentgate [pre...] serve [args...]` and wait for the addr file.
-    fn serve(&self, pre: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
-        let addr_file = self.file("addr");
-        let _ = std::fs::remove_file(&addr_file);
-        let mut full: Vec<&str> = pre.to_vec();
-        full.push("serve");
-        full.extend_from_slice(args);
-        let mut c = self.cmd(&full);
-        c.envs(env.iter().copied());
-        let mut server = Server::spawn(c);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&addr_file)
-                && let Ok(addr) = text.trim().parse::<SocketAddr>()
-            {
-                assert!(addr.ip().is_loopback(), "listens on loopback: {addr}");
-                server.addr = Some(addr);
-                return server;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("serve exited early with {status}; output:\n{}", server.logs());
-            }
-            assert!(Instant::now() < deadline, "no addr file within {START_TIMEOUT:?}; output:\n{}", server.logs());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// TOML string literal of a path.
-fn toml_str(p: &Path) -> String {
-    Value::String(p.display().to_string()).to_string()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Spawn, feed stdin, and collect output within [`CMD_TIMEOUT`] (killed after).
-fn run_bounded(mut c: Command, stdin: Option<&str>) -> Output {
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn agentgate");
-    let pid = child.id();
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(input.as_bytes()).expect("write stdin");
-        drop(pipe);
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(CMD_TIMEOUT) {
-        Ok(out) => out.expect("wait for agentgate"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            panic!("agentgate did not finish within {CMD_TIMEOUT:?}");
-        }
-    }
-}
-
-/// A running `agentgate serve`; killed and reaped on drop.
-struct Server {
-    child: Child,
-    addr: Option<SocketAddr>,
-    out: Arc<Mutex<Vec<u8>>>,
-    err: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn spawn(mut c: Command) -> Self {
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn agentgate serve");
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = Vec::new();
-        let stdout = child.stdout.take().expect("stdout pipe");
-        let stderr = child.stderr.take().expect("stderr pipe");
-        readers.push(pump(stdout, Arc::clone(&out)));
-        readers.push(pump(stderr, Arc::clone(&err)));
-        Self { child, addr: None, out, err, readers }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr.expect("server address")
-    }
-
-    fn ws_url(&self, path_and_query: &str) -> String {
-        format!("ws://{}{}", self.addr(), path_and_query)
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned()
-    }
-
-    /// Everything the process wrote so far (stdout then stderr).
-    fn logs(&self) -> String {
-        format!("{}{}", self.stdout(), self.stderr())
-    }
-
-    /// Send SIGTERM and wait (bounded) for the exit; output pipes are drained.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let st = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(st.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("serve did not exit within {EXIT_TIMEOUT:?} of SIGTERM; output:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        status
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn pump(mut r: impl Read + Send + 'static, sink: Arc<Mutex<Vec<u8>>>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-}
-
-// ---------------------------------------------------------------------------------
-// Tokens, digests
-// ---------------------------------------------------------------------------------
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// CONFIG.md: first 8 hex digits of the SHA-256 of the key bytes.
-fn fingerprint(bytes: &[u8]) -> String {
-    sha256_hex(bytes)[..8].to_owned()
-}
 
 fn now() -> i64 {
     i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
@@ -308,144 +52,9 @@ fn aud_list(claims: &Value) -> Vec<String> {
     }
 }
 
-/// A config with one HS256 issuer named `name` reading `secret_var`.
-fn hs_issuer(name: &str, secret_var: &str) -> String {
-    format!("[[auth.jwt]]\nname = \"{name}\"\nalgorithms = [\"HS256\"]\nsecret_env = \"{secret_var}\"\n")
-}
-
-fn api_key_section() -> String {
-    format!(
-        "[[auth.api_keys]]\nname = \"ci\"\nsha256 = \"{}\"\nsubject = \"ci-bot\"\nscopes = [\"agents:run\"]\n",
-        sha256_hex(API_KEY.as_bytes())
-    )
-}
-
-fn stdout_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 // ---------------------------------------------------------------------------------
-// WebSocket client
+// Raw HTTP
 // ---------------------------------------------------------------------------------
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Run a future on a fresh current-thread runtime.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
-}
-
-#[derive(Debug)]
-enum Outcome {
-    Welcome(Value),
-    Http { status: u16, headers: HeaderMap, body: Value },
-    Closed { code: u16, reason: String },
-}
-
-impl Outcome {
-    fn code(&self) -> String {
-        match self {
-            Outcome::Welcome(_) => "accepted".into(),
-            Outcome::Http { body, .. } => body["error"]["code"].as_str().unwrap_or("?").into(),
-            Outcome::Closed { code, reason } => serde_json::from_str::<Value>(reason)
-                .ok()
-                .and_then(|v| v["code"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("?{code} {reason}")),
-        }
-    }
-
-    fn welcome(self) -> Value {
-        match self {
-            Outcome::Welcome(w) => w,
-            other => panic!("expected a welcome, got {other:?}"),
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Frame {
-    Text(Value),
-    Close(u16, String),
-    End,
-}
-
-async fn next_frame(ws: &mut Ws) -> Frame {
-    for _ in 0..1000 {
-        let msg = tokio::time::timeout(STEP, ws.next()).await.expect("a frame in time");
-        match msg {
-            Some(Ok(Message::Text(t))) => return Frame::Text(serde_json::from_str(t.as_str()).expect("JSON frame")),
-            Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
-                return Frame::Close(u16::from(code), reason.as_str().to_owned());
-            }
-            Some(Ok(Message::Close(None))) => return Frame::Close(1005, String::new()),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return Frame::End,
-        }
-    }
-    panic!("too many control frames")
-}
-
-/// Connect to `url` with extra request headers and classify the outcome.
-async fn connect(url: &str, headers: &[(&str, &str)]) -> (Outcome, Option<Ws>) {
-    let mut req = url.into_client_request().expect("request");
-    for (k, v) in headers {
-        req.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-    }
-    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req)).await.expect("handshake in time") {
-        Ok((mut ws, _resp)) => match next_frame(&mut ws).await {
-            Frame::Text(v) => (Outcome::Welcome(v), Some(ws)),
-            Frame::Close(code, reason) => (Outcome::Closed { code, reason }, None),
-            Frame::End => panic!("connection ended without welcome or close frame"),
-        },
-        Err(WsError::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let body = resp.body().as_ref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
-            (Outcome::Http { status, headers, body }, None)
-        }
-        Err(e) => panic!("unexpected connect error: {e}"),
-    }
-}
-
-async fn connect_bearer(url: &str, token: &str) -> (Outcome, Option<Ws>) {
-    connect(url, &[("authorization", &format!("Bearer {token}"))]).await
-}
-
-/// Close a socket politely (bounded).
-async fn close(ws: Option<Ws>) {
-    if let Some(mut ws) = ws {
-        let _ = tokio::time::timeout(STEP, ws.close(None)).await;
-        for _ in 0..100 {
-            match tokio::time::timeout(STEP, ws.next()).await {
-                Ok(Some(Ok(_))) => continue,
-                _ => break,
-            }
-        }
-    }
-}
-
-/// Assert an HTTP rejection with `status` and reason `code`; returns the body.
-fn assert_http(outcome: &Outcome, status: u16, code: &str) -> Value {
-    match outcome {
-        Outcome::Http { status: s, headers, body } => {
-            assert_eq!(*s, status, "HTTP status for {code}: {body}");
-            assert_eq!(body["error"]["code"], code, "reason code: {body}");
-            let rid = body["error"]["request_id"].as_str().expect("request_id");
-            assert!(rid.starts_with("req_"), "request id prefix: {rid}");
-            assert_eq!(headers.get("x-request-id").and_then(|v| v.to_str().ok()), Some(rid), "X-Request-Id header");
-            if status == 401 {
-                let www = headers.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("");
-                assert!(www.contains(&format!("error_description=\"{code}\"")), "WWW-Authenticate: {www}");
-            }
-            body.clone()
-        }
-        other => panic!("expected HTTP {status} {code}, got {other:?}"),
-    }
-}
 
 /// A bare HTTP/1.1 request to the server; returns (status, body).
 fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
@@ -475,7 +84,7 @@ fn dev_defaults_create_private_key_once_and_accept_minted_tokens_across_restart(
     let sb = Sandbox::new();
     let addr_file = sb.file("addr").display().to_string();
     let env = [("AGENTGATE_SERVER__LISTEN", "127.0.0.1:0"), ("AGENTGATE_SERVER__ADDR_FILE", addr_file.as_str())];
-    let mut server = sb.serve(&[], &[], &env);
+    let mut server = sb.start_server(&["serve"], &env, &sb.file("addr"));
 
     // The key file: created under $AGENTGATE_HOME, mode 0600, 256 bits as 64 hex digits.
     let key_path = sb.home().join("dev-hs256.key");
@@ -490,12 +99,12 @@ fn dev_defaults_create_private_key_once_and_accept_minted_tokens_across_restart(
     assert!(key_value.chars().all(|c| c.is_ascii_hexdigit()), "hex: {key_value:?}");
 
     // A token minted with no config (same AGENTGATE_HOME) is accepted.
-    let token = sb.mint(&["--sub", "alice"], &[]);
+    let token = sb.mint_args(&["--sub", "alice"], &[]);
     let claims = claims_of(&token);
     assert_eq!(claims["sub"], "alice");
-    let url = server.ws_url("/v1/ws");
+    let url = server.url();
     block_on(async {
-        let (outcome, ws) = connect_bearer(&url, &token).await;
+        let (outcome, ws) = connect_bearer(&url, &token, &[]).await;
         let w = outcome.welcome();
         assert_eq!(w["type"], "welcome");
         assert_eq!(w["protocol"], "agentgate.v1");
@@ -522,17 +131,17 @@ fn dev_defaults_create_private_key_once_and_accept_minted_tokens_across_restart(
 
     // A development config without [[auth.jwt]] uses the same development issuer.
     let no_jwt = sb.write("no-jwt.toml", "[server]\nlisten = \"127.0.0.1:0\"\n");
-    let out = sb.run(&["token", "inspect", "--config", no_jwt.to_str().unwrap()], &[], Some(&token));
+    let out = sb.run_with_stdin(&["token", "inspect", "--config", &no_jwt], &[], &token);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(stdout_of(&out).contains("verdict: accepted"), "{}", describe(&out));
     assert!(stdout_of(&out).contains(&fingerprint(key_value.as_bytes())), "dev key fingerprint: {}", describe(&out));
 
     // Restart: the same key is reused, so the token minted before still works.
-    let mut server = sb.serve(&[], &[], &env);
+    let mut server = sb.start_server(&["serve"], &env, &sb.file("addr"));
     assert_eq!(std::fs::read_to_string(&key_path).unwrap().trim(), key_value, "dev key reused, not recreated");
-    let url = server.ws_url("/v1/ws");
+    let url = server.url();
     block_on(async {
-        let (outcome, ws) = connect_bearer(&url, &token).await;
+        let (outcome, ws) = connect_bearer(&url, &token, &[]).await;
         let w = outcome.welcome();
         assert_eq!(w["principal"]["via"], "jwt:local");
         assert_eq!(w["principal"]["subject"], "alice");
@@ -554,13 +163,12 @@ fn token_mint_writes_tenant_scope_ttl_jti_and_claims_with_issuer_iss_and_aud() {
          issuer = \"https://issuer.test\"\naudience = [\"agentgate\"]\n\
          tenant_claim = \"org_id\"\nscope_claim = \"permissions\"\n",
     );
-    let cfg = cfg.to_str().unwrap();
-    let env = [("AG_CLI_HS", HS_SECRET)];
+    let cfg = cfg.as_str();
+    let env = [("AG_CLI_HS", SECRET)];
     let before = now();
     let token = sb.mint(
+        cfg,
         &[
-            "--config",
-            cfg,
             "--sub",
             "bob",
             "--tenant",
@@ -599,14 +207,14 @@ fn token_mint_writes_tenant_scope_ttl_jti_and_claims_with_issuer_iss_and_aud() {
     assert!(exp >= before + 120 && exp <= after + 120, "exp = now + ttl: {exp} vs {before}..{after}");
 
     // The same configuration accepts it.
-    let out = sb.run(&["token", "inspect", "--config", cfg], &env, Some(&token));
+    let out = sb.run_with_stdin(&["token", "inspect", "--config", cfg], &env, &token);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(stdout_of(&out).contains("verdict: accepted"), "{}", describe(&out));
 
     // Defaults: scope `agents:run` in claim `scope`, ttl 900, tenant claim `tenant`.
     let cfg2 = sb.write("defaults.toml", &hs_issuer("local", "AG_CLI_HS"));
     let before = now();
-    let token = sb.mint(&["--config", cfg2.to_str().unwrap(), "--sub", "carol", "--tenant", "t1"], &env);
+    let token = sb.mint(&cfg2, &["--sub", "carol", "--tenant", "t1"], &env);
     let after = now();
     let c = claims_of(&token);
     assert_eq!(c["scope"], "agents:run", "--scope defaults to agents:run: {c}");
@@ -625,24 +233,24 @@ fn token_mint_issuer_flag_selects_the_named_issuer_and_unknown_issuer_exits_64()
          [[auth.jwt]]\nname = \"two\"\nalgorithms = [\"HS256\"]\nsecret_env = \"AG_CLI_TWO\"\nissuer = \"iss-two\"\n\
          audience = [\"aud-two\"]\n",
     );
-    let cfg = cfg.to_str().unwrap();
-    let env = [("AG_CLI_ONE", HS_SECRET), ("AG_CLI_TWO", OTHER_SECRET)];
+    let cfg = cfg.as_str();
+    let env = [("AG_CLI_ONE", SECRET), ("AG_CLI_TWO", OTHER_SECRET)];
 
-    let first = sb.mint(&["--config", cfg, "--sub", "u1"], &env);
+    let first = sb.mint(cfg, &["--sub", "u1"], &env);
     assert_eq!(claims_of(&first)["iss"], "iss-one", "default: the first issuer that can sign");
 
-    let second = sb.mint(&["--config", cfg, "--sub", "u1", "--issuer", "two"], &env);
+    let second = sb.mint(cfg, &["--sub", "u1", "--issuer", "two"], &env);
     let c = claims_of(&second);
     assert_eq!(c["iss"], "iss-two");
     assert_eq!(aud_list(&c), vec!["aud-two".to_owned()]);
-    let out = sb.run(&["token", "inspect", "--config", cfg, "--json"], &env, Some(&second));
+    let out = sb.run_with_stdin(&["token", "inspect", "--config", cfg, "--json"], &env, &second);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let report: Value = serde_json::from_slice(&out.stdout).expect("--json parses");
     assert_eq!(report["verdict"], "accepted");
     let fp_two = fingerprint(OTHER_SECRET.as_bytes());
     assert!(report.to_string().contains(&fp_two), "the matched key is issuer two's ({fp_two}): {report}");
 
-    let out = sb.run(&["token", "mint", "--config", cfg, "--sub", "u1", "--issuer", "nope"], &env, None);
+    let out = sb.run(&["token", "mint", "--config", cfg, "--sub", "u1", "--issuer", "nope"], &env);
     assert_eq!(out.status.code(), Some(64), "unknown issuer: {}", describe(&out));
     assert!(out.stdout.is_empty(), "no token printed: {}", describe(&out));
     assert!(stderr_of(&out).contains("nope"), "names the issuer: {}", describe(&out));
@@ -688,20 +296,20 @@ fn token_mint_with_private_key_file_signs_rs256_with_the_jwks_kid_and_inspect_ac
         &format!(
             "[[auth.jwt]]\nname = \"rsa\"\nalgorithms = [\"RS256\"]\njwks_file = {}\nprivate_key_file = {}\n\
              issuer = \"rsa-issuer\"\n",
-            toml_str(&jwks_path),
+            toml_str(Path::new(&jwks_path)),
             toml_str(&key)
         ),
     );
-    let cfg = cfg.to_str().unwrap();
+    let cfg = cfg.as_str();
     let spki_fp = fingerprint(&spki);
 
-    let token = sb.mint(&["--config", cfg, "--sub", "rita"], &[]);
+    let token = sb.mint(cfg, &["--sub", "rita"], &[]);
     let h = header_of(&token);
     assert_eq!(h["alg"], "RS256", "{h}");
     assert_eq!(h["kid"], "rsa-cli-1", "header kid matches the JWKS key: {h}");
     assert_eq!(claims_of(&token)["iss"], "rsa-issuer");
 
-    let out = sb.run(&["token", "inspect", "--config", cfg], &[], Some(&token));
+    let out = sb.run_with_stdin(&["token", "inspect", "--config", cfg], &[], &token);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let text = stdout_of(&out);
     assert!(text.contains("verdict: accepted"), "{text}");
@@ -717,10 +325,10 @@ fn token_mint_with_private_key_file_signs_rs256_with_the_jwks_kid_and_inspect_ac
             toml_str(&key)
         ),
     );
-    let cfg2 = cfg2.to_str().unwrap();
-    let token = sb.mint(&["--config", cfg2, "--sub", "rita"], &[]);
+    let cfg2 = cfg2.as_str();
+    let token = sb.mint(cfg2, &["--sub", "rita"], &[]);
     assert_eq!(header_of(&token)["alg"], "RS256");
-    let out = sb.run(&["token", "inspect", "--config", cfg2, "--json"], &[], Some(&token));
+    let out = sb.run_with_stdin(&["token", "inspect", "--config", cfg2, "--json"], &[], &token);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let report: Value = serde_json::from_slice(&out.stdout).expect("--json parses");
     assert_eq!(report["verdict"], "accepted");
@@ -738,35 +346,35 @@ fn token_mint_with_private_key_file_signs_rs256_with_the_jwks_kid_and_inspect_ac
 fn token_inspect_accepted_token_exits_0_with_hmac_fingerprint() {
     let sb = Sandbox::new();
     let cfg = sb.write("agentgate.toml", &hs_issuer("local", "AG_CLI_HS"));
-    let cfg = cfg.to_str().unwrap();
-    let env = [("AG_CLI_HS", HS_SECRET)];
-    let token = sb.mint(&["--config", cfg, "--sub", "alice", "--tenant", "acme"], &env);
-    let out = sb.run(&["token", "inspect", "--config", cfg], &env, Some(&token));
+    let cfg = cfg.as_str();
+    let env = [("AG_CLI_HS", SECRET)];
+    let token = sb.mint(cfg, &["--sub", "alice", "--tenant", "acme"], &env);
+    let out = sb.run_with_stdin(&["token", "inspect", "--config", cfg], &env, &token);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let text = stdout_of(&out);
     assert!(text.lines().any(|l| l.trim() == "verdict: accepted"), "{text}");
-    let fp = fingerprint(HS_SECRET.as_bytes());
+    let fp = fingerprint(SECRET.as_bytes());
     assert!(text.contains(&fp), "matched key fingerprint {fp}: {text}");
     assert!(text.contains("HS256"), "shows the header: {text}");
     assert!(text.contains("alice") && text.contains("acme"), "shows the claims: {text}");
     let all = format!("{text}{}", stderr_of(&out));
-    assert!(!all.contains(HS_SECRET), "never prints the secret");
+    assert!(!all.contains(SECRET), "never prints the secret");
 }
 
 #[test]
 fn token_inspect_expired_token_exits_1_with_token_expired() {
     let sb = Sandbox::new();
     let cfg = sb.write("agentgate.toml", &hs_issuer("local", "AG_CLI_HS"));
-    let cfg = cfg.to_str().unwrap();
-    let env = [("AG_CLI_HS", HS_SECRET)];
-    let token = sb.mint(&["--config", cfg, "--sub", "alice", "--ttl", "-3600"], &env);
+    let cfg = cfg.as_str();
+    let env = [("AG_CLI_HS", SECRET)];
+    let token = sb.mint(cfg, &["--sub", "alice", "--ttl", "-3600"], &env);
     assert!(claims_of(&token)["exp"].as_i64().unwrap() < now() - 3000, "exp in the past");
-    let out = sb.run(&["token", "inspect", "--config", cfg], &env, Some(&token));
+    let out = sb.run_with_stdin(&["token", "inspect", "--config", cfg], &env, &token);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let text = stdout_of(&out);
     assert!(text.lines().any(|l| l.trim() == "verdict: token_expired"), "{text}");
 
-    let out = sb.run(&["token", "inspect", "--config", cfg, "--json"], &env, Some(&token));
+    let out = sb.run_with_stdin(&["token", "inspect", "--config", cfg, "--json"], &env, &token);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let report: Value = serde_json::from_slice(&out.stdout).expect("--json parses");
     assert_eq!(report["verdict"], "token_expired");
@@ -778,34 +386,34 @@ fn token_inspect_secret_drift_is_signature_invalid_with_different_fingerprints()
     let sb = Sandbox::new();
     let staging = sb.write("staging.toml", &hs_issuer("local", "AG_CLI_STAGING_SECRET"));
     let prod = sb.write("prod.toml", &hs_issuer("local", "AG_CLI_PROD_SECRET"));
-    let (staging, prod) = (staging.to_str().unwrap(), prod.to_str().unwrap());
-    let env = [("AG_CLI_STAGING_SECRET", HS_SECRET), ("AG_CLI_PROD_SECRET", OTHER_SECRET)];
-    let fp_staging = fingerprint(HS_SECRET.as_bytes());
+    let (staging, prod) = (staging.as_str(), prod.as_str());
+    let env = [("AG_CLI_STAGING_SECRET", SECRET), ("AG_CLI_PROD_SECRET", OTHER_SECRET)];
+    let fp_staging = fingerprint(SECRET.as_bytes());
     let fp_prod = fingerprint(OTHER_SECRET.as_bytes());
     assert_ne!(fp_staging, fp_prod);
 
-    let token = sb.mint(&["--config", staging, "--sub", "alice"], &env);
+    let token = sb.mint(staging, &["--sub", "alice"], &env);
 
-    let ok = sb.run(&["token", "inspect", "--config", staging], &env, Some(&token));
+    let ok = sb.run_with_stdin(&["token", "inspect", "--config", staging], &env, &token);
     assert_eq!(ok.status.code(), Some(0), "{}", describe(&ok));
     let ok_text = stdout_of(&ok);
     assert!(ok_text.contains(&fp_staging), "staging's key fingerprint {fp_staging}: {ok_text}");
 
-    let bad = sb.run(&["token", "inspect", "--config", prod], &env, Some(&token));
+    let bad = sb.run_with_stdin(&["token", "inspect", "--config", prod], &env, &token);
     assert_eq!(bad.status.code(), Some(1), "{}", describe(&bad));
     let bad_text = stdout_of(&bad);
     assert!(bad_text.lines().any(|l| l.trim() == "verdict: signature_invalid"), "{bad_text}");
     assert!(bad_text.contains(&fp_prod), "prod's server key fingerprint {fp_prod}: {bad_text}");
     assert!(!bad_text.contains(&fp_staging), "prod holds no key with staging's fingerprint: {bad_text}");
 
-    let json_out = sb.run(&["token", "inspect", "--config", prod, "--json"], &env, Some(&token));
+    let json_out = sb.run_with_stdin(&["token", "inspect", "--config", prod, "--json"], &env, &token);
     assert_eq!(json_out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&json_out.stdout).expect("--json parses");
     assert_eq!(report["verdict"], "signature_invalid");
 
     for out in [&ok, &bad, &json_out] {
         let all = format!("{}{}", stdout_of(out), stderr_of(out));
-        assert!(!all.contains(HS_SECRET) && !all.contains(OTHER_SECRET), "never prints a secret");
+        assert!(!all.contains(SECRET) && !all.contains(OTHER_SECRET), "never prints a secret");
     }
 }
 
@@ -813,21 +421,20 @@ fn token_inspect_secret_drift_is_signature_invalid_with_different_fingerprints()
 fn token_inspect_reads_token_env_token_file_and_stdin() {
     let sb = Sandbox::new();
     let cfg = sb.write("agentgate.toml", &hs_issuer("local", "AG_CLI_HS"));
-    let cfg = cfg.to_str().unwrap();
-    let token = sb.mint(&["--config", cfg, "--sub", "alice"], &[("AG_CLI_HS", HS_SECRET)]);
-    let env = [("AG_CLI_HS", HS_SECRET), ("AG_CLI_TOKEN", token.as_str())];
+    let cfg = cfg.as_str();
+    let token = sb.mint(cfg, &["--sub", "alice"], &[("AG_CLI_HS", SECRET)]);
+    let env = [("AG_CLI_HS", SECRET), ("AG_CLI_TOKEN", token.as_str())];
     let token_file = sb.write("token.txt", &format!("{token}\n"));
 
-    let from_env = sb.run(&["token", "inspect", "--config", cfg, "--token-env", "AG_CLI_TOKEN"], &env, None);
-    let from_file =
-        sb.run(&["token", "inspect", "--config", cfg, "--token-file", token_file.to_str().unwrap()], &env, None);
-    let from_stdin = sb.run(&["token", "inspect", "--config", cfg], &env, Some(&format!("{token}\n")));
+    let from_env = sb.run(&["token", "inspect", "--config", cfg, "--token-env", "AG_CLI_TOKEN"], &env);
+    let from_file = sb.run(&["token", "inspect", "--config", cfg, "--token-file", &token_file], &env);
+    let from_stdin = sb.run_with_stdin(&["token", "inspect", "--config", cfg], &env, &format!("{token}\n"));
     for (how, out) in [("--token-env", &from_env), ("--token-file", &from_file), ("stdin", &from_stdin)] {
         assert_eq!(out.status.code(), Some(0), "{how}: {}", describe(out));
         assert!(stdout_of(out).contains("verdict: accepted"), "{how}: {}", describe(out));
     }
 
-    let json_out = sb.run(&["token", "inspect", "--config", cfg, "--token-env", "AG_CLI_TOKEN", "--json"], &env, None);
+    let json_out = sb.run(&["token", "inspect", "--config", cfg, "--token-env", "AG_CLI_TOKEN", "--json"], &env);
     assert_eq!(json_out.status.code(), Some(0), "{}", describe(&json_out));
     let report: Value = serde_json::from_slice(&json_out.stdout).expect("--json output parses as JSON");
     assert_eq!(report["verdict"], "accepted");
@@ -837,9 +444,9 @@ fn token_inspect_reads_token_env_token_file_and_stdin() {
 fn token_inspect_json_output_parses_and_has_verdict() {
     let sb = Sandbox::new();
     let cfg = sb.write("agentgate.toml", &format!("{}{}", hs_issuer("local", "AG_CLI_HS"), api_key_section()));
-    let cfg = cfg.to_str().unwrap();
-    let env = [("AG_CLI_HS", HS_SECRET)];
-    let token = sb.mint(&["--config", cfg, "--sub", "alice"], &env);
+    let cfg = cfg.as_str();
+    let env = [("AG_CLI_HS", SECRET)];
+    let token = sb.mint(cfg, &["--sub", "alice"], &env);
     let cases = [
         (token.as_str(), 0, "accepted"),
         ("staging_jwt_token_u1_1700000000", 1, "api_key_invalid"),
@@ -847,7 +454,7 @@ fn token_inspect_json_output_parses_and_has_verdict() {
         (API_KEY, 0, "accepted"),
     ];
     for (tok, status, verdict) in cases {
-        let out = sb.run(&["token", "inspect", "--config", cfg, "--json"], &env, Some(tok));
+        let out = sb.run_with_stdin(&["token", "inspect", "--config", cfg, "--json"], &env, tok);
         assert_eq!(out.status.code(), Some(status), "{verdict}: {}", describe(&out));
         let report: Value = serde_json::from_slice(&out.stdout).expect("--json output parses as JSON");
         assert_eq!(report["verdict"], verdict, "{report}");
@@ -858,57 +465,57 @@ fn token_inspect_json_output_parses_and_has_verdict() {
 // 4. Config errors
 // ---------------------------------------------------------------------------------
 
-/// Run `serve --config <file with text>` and `token mint --config ...`, expecting exit 64
-/// and `config error at `<key>``.
-fn expect_config_error(sb: &Sandbox, name: &str, text: &str, env: &[(&str, &str)], key: &str) {
-    let cfg = sb.write(name, text);
-    let cfg = cfg.to_str().unwrap();
+/// Run `serve --config <config name with extra>` and `token mint --config ...`, expecting
+/// exit 64 and `config error at `<key>``.
+fn expect_config_error(sb: &Sandbox, name: &str, extra: &str, env: &[(&str, &str)], key: &str) {
+    let cfg = sb.config(name, extra);
+    let cfg = cfg.as_str();
     for args in [vec!["serve", "--config", cfg], vec!["token", "mint", "--config", cfg, "--sub", "x"]] {
-        let out = sb.run(&args, env, None);
+        let out = sb.run(&args, env);
         assert_eq!(out.status.code(), Some(64), "{args:?} with {name}: {}", describe(&out));
         let err = stderr_of(&out);
         assert!(err.contains(&format!("config error at `{key}`")), "{args:?} names `{key}`: {err}");
-        assert!(!sb.file("addr").exists(), "serve did not start");
+        assert!(!sb.addr_file(name).exists(), "serve did not start");
     }
 }
 
 #[test]
 fn config_error_unknown_key_exits_64_and_names_it() {
     let sb = Sandbox::new();
-    let text = format!("{}listn = \"x\"\n", sb.server_section());
-    expect_config_error(&sb, "unknown.toml", &text, &[], "server.listn");
+    let text = "listn = \"x\"\n";
+    expect_config_error(&sb, "unknown.toml", text, &[], "server.listn");
 }
 
 #[test]
 fn config_error_bad_value_type_exits_64_and_names_the_key() {
     let sb = Sandbox::new();
-    let text = format!("{}max_message_bytes = \"big\"\n", sb.server_section());
-    expect_config_error(&sb, "badtype.toml", &text, &[], "server.max_message_bytes");
+    let text = "max_message_bytes = \"big\"\n";
+    expect_config_error(&sb, "badtype.toml", text, &[], "server.max_message_bytes");
 }
 
 #[test]
 fn config_error_missing_secret_env_exits_64_and_names_the_key() {
     let sb = Sandbox::new();
-    let text = format!("{}{}", sb.server_section(), hs_issuer("local", "AG_CLI_SECRET_THAT_IS_NOT_SET"));
+    let text = hs_issuer("local", "AG_CLI_SECRET_THAT_IS_NOT_SET");
     expect_config_error(&sb, "missing.toml", &text, &[], "auth.jwt[0].secret_env");
 }
 
 #[test]
 fn config_error_env_variable_naming_no_key_exits_64_and_names_the_variable() {
     let sb = Sandbox::new();
-    let cfg = sb.write("ok.toml", &format!("{}{}", sb.server_section(), hs_issuer("local", "AG_CLI_HS")));
-    let env = [("AG_CLI_HS", HS_SECRET), ("AGENTGATE_SERVER__NOPE", "1")];
-    for args in [vec!["serve", "--config", cfg.to_str().unwrap()], vec!["serve"]] {
-        let out = sb.run(&args, &env, None);
+    let cfg = sb.config("ok.toml", &hs_issuer("local", "AG_CLI_HS"));
+    let env = [("AG_CLI_HS", SECRET), ("AGENTGATE_SERVER__NOPE", "1")];
+    for args in [vec!["serve", "--config", cfg.as_str()], vec!["serve"]] {
+        let out = sb.run(&args, &env);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", describe(&out));
         let err = stderr_of(&out);
         assert!(err.contains("config error at"), "a config error: {err}");
         assert!(err.contains("AGENTGATE_SERVER__NOPE"), "names the variable: {err}");
     }
-    let out = sb.run(&["token", "mint", "--sub", "x"], &[("AGENTGATE_SERVER__NOPE", "1")], None);
+    let out = sb.run(&["token", "mint", "--sub", "x"], &[("AGENTGATE_SERVER__NOPE", "1")]);
     assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
     assert!(stderr_of(&out).contains("AGENTGATE_SERVER__NOPE"), "{}", describe(&out));
-    assert!(!sb.file("addr").exists(), "serve did not start");
+    assert!(!sb.addr_file("ok.toml").exists(), "serve did not start");
 }
 
 #[test]
@@ -919,14 +526,14 @@ fn config_error_unreadable_config_file_exits_64_and_names_the_file() {
     let dir = sb.path().to_str().unwrap();
     for path in [missing, dir] {
         for args in [vec!["serve", "--config", path], vec!["token", "mint", "--config", path, "--sub", "x"]] {
-            let out = sb.run(&args, &[], None);
+            let out = sb.run(&args, &[]);
             assert_eq!(out.status.code(), Some(64), "{args:?}: {}", describe(&out));
             let err = stderr_of(&out);
             assert!(err.contains("config error at") && err.contains(path), "names the file {path}: {err}");
         }
     }
     let bad_toml = sb.write("bad.toml", "[server\nlisten = ");
-    let out = sb.run(&["serve", "--config", bad_toml.to_str().unwrap()], &[], None);
+    let out = sb.run(&["serve", "--config", &bad_toml], &[]);
     assert_eq!(out.status.code(), Some(64), "invalid TOML: {}", describe(&out));
     assert!(stderr_of(&out).contains("config error at"), "{}", describe(&out));
 }
@@ -935,25 +542,20 @@ fn config_error_unreadable_config_file_exits_64_and_names_the_file() {
 fn config_error_inline_secret_in_production_exits_64() {
     let sb = Sandbox::new();
     let text = format!(
-        "{}profile = \"production\"\n[[auth.jwt]]\nname = \"local\"\nalgorithms = [\"HS256\"]\nsecret = \"{HS_SECRET}\"\n",
-        sb.server_section()
+        "profile = \"production\"\n[[auth.jwt]]\nname = \"local\"\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n"
     );
     expect_config_error(&sb, "prod-secret.toml", &text, &[], "auth.jwt[0].secret");
     // Never echo the refused secret back.
     let cfg = sb.file("prod-secret.toml");
-    let out = sb.run(&["serve", "--config", cfg.to_str().unwrap()], &[], None);
-    assert!(!stderr_of(&out).contains(HS_SECRET), "the inline secret is not printed: {}", describe(&out));
+    let out = sb.run(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    assert!(!stderr_of(&out).contains(SECRET), "the inline secret is not printed: {}", describe(&out));
 }
 
 #[test]
 fn config_error_wildcard_origin_in_production_exits_64() {
     let sb = Sandbox::new();
-    let text = format!(
-        "{}profile = \"production\"\nallowed_origins = [\"*\"]\n{}",
-        sb.server_section(),
-        hs_issuer("local", "AG_CLI_HS")
-    );
-    expect_config_error(&sb, "prod-origin.toml", &text, &[("AG_CLI_HS", HS_SECRET)], "server.allowed_origins");
+    let text = format!("profile = \"production\"\nallowed_origins = [\"*\"]\n{}", hs_issuer("local", "AG_CLI_HS"));
+    expect_config_error(&sb, "prod-origin.toml", &text, &[("AG_CLI_HS", SECRET)], "server.allowed_origins");
 }
 
 // ---------------------------------------------------------------------------------
@@ -969,25 +571,25 @@ fn env_override_beats_file_listen_on_a_taken_port() {
         "agentgate.toml",
         &format!(
             "[server]\nlisten = \"{taken_addr}\"\naddr_file = {}\n{}",
-            toml_str(&sb.file("addr")),
+            toml_str(&sb.addr_file("agentgate.toml")),
             hs_issuer("local", "AG_CLI_HS")
         ),
     );
-    let cfg = cfg.to_str().unwrap();
+    let cfg = cfg.as_str();
 
     // The file alone: the port is taken, serve fails (and does not hang).
-    let out = sb.run(&["serve", "--config", cfg], &[("AG_CLI_HS", HS_SECRET)], None);
+    let out = sb.run(&["serve", "--config", cfg], &[("AG_CLI_HS", SECRET)]);
     assert!(!out.status.success(), "listening on a taken port fails: {}", describe(&out));
-    assert!(!sb.file("addr").exists());
+    assert!(!sb.addr_file("agentgate.toml").exists());
 
     // The environment beats the file.
-    let env = [("AG_CLI_HS", HS_SECRET), ("AGENTGATE_SERVER__LISTEN", "127.0.0.1:0")];
-    let mut server = sb.serve(&[], &["--config", cfg], &env);
+    let env = [("AG_CLI_HS", SECRET), ("AGENTGATE_SERVER__LISTEN", "127.0.0.1:0")];
+    let mut server = sb.serve(&[], cfg, &env);
     assert_ne!(server.addr().port(), taken_addr.port(), "listens where the environment says");
-    let token = sb.mint(&["--config", cfg, "--sub", "alice"], &env);
-    let url = server.ws_url("/v1/ws");
+    let token = sb.mint(cfg, &["--sub", "alice"], &env);
+    let url = server.url();
     block_on(async {
-        let (outcome, ws) = connect_bearer(&url, &token).await;
+        let (outcome, ws) = connect_bearer(&url, &token, &[]).await;
         assert_eq!(outcome.welcome()["principal"]["via"], "jwt:local");
         close(ws).await;
     });
@@ -998,34 +600,30 @@ fn env_override_beats_file_listen_on_a_taken_port() {
 #[test]
 fn env_override_beats_file_max_message_bytes_and_query_token() {
     let sb = Sandbox::new();
-    let cfg = sb.write(
+    let cfg = sb.config(
         "agentgate.toml",
-        &format!(
-            "{}max_message_bytes = 1048576\n[auth]\nquery_token = true\n{}",
-            sb.server_section(),
-            hs_issuer("local", "AG_CLI_HS")
-        ),
+        &format!("max_message_bytes = 1048576\n[auth]\nquery_token = true\n{}", hs_issuer("local", "AG_CLI_HS")),
     );
-    let cfg = cfg.to_str().unwrap();
+    let cfg = cfg.as_str();
     let env = [
-        ("AG_CLI_HS", HS_SECRET),
+        ("AG_CLI_HS", SECRET),
         ("AGENTGATE_SERVER__MAX_MESSAGE_BYTES", "2000"),
         ("AGENTGATE_AUTH__QUERY_TOKEN", "false"),
     ];
-    let mut server = sb.serve(&[], &["--config", cfg], &env);
-    let token = sb.mint(&["--config", cfg, "--sub", "alice"], &env);
-    let url = server.ws_url("/v1/ws");
-    let query_url = server.ws_url(&format!("/v1/ws?access_token={token}"));
+    let mut server = sb.serve(&[], cfg, &env);
+    let token = sb.mint(cfg, &["--sub", "alice"], &env);
+    let url = server.url();
+    let query_url = format!("{url}?access_token={token}");
     block_on(async {
         // auth.query_token = false from the environment: the query token is refused.
         let (outcome, _) = connect(&query_url, &[]).await;
-        let body = assert_http(&outcome, 401, "token_missing");
-        let msg = body["error"]["message"].as_str().unwrap_or("").to_lowercase();
-        assert!(msg.contains("disabled"), "the message says query tokens are disabled: {body}");
+        let err = outcome.assert_http_traced(401, "token_missing");
+        let msg = err["message"].as_str().unwrap_or("").to_lowercase();
+        assert!(msg.contains("disabled"), "the message says query tokens are disabled: {err}");
 
         // max_message_bytes = 2000 from the environment: a small frame is answered, a
         // 10 000-byte frame closes 1009.
-        let (outcome, ws) = connect_bearer(&url, &token).await;
+        let (outcome, ws) = connect_bearer(&url, &token, &[]).await;
         outcome.welcome();
         let mut ws = ws.unwrap();
         ws.send(Message::Text(json!({"type":"ping","ref":"small"}).to_string().into())).await.unwrap();
@@ -1051,34 +649,22 @@ fn env_override_beats_file_max_message_bytes_and_query_token() {
 // 6. Secrets never logged
 // ---------------------------------------------------------------------------------
 
-/// Every `window`-character piece of `secret`.
-fn pieces(secret: &str, window: usize) -> Vec<&str> {
-    if secret.len() <= window {
-        return vec![secret];
-    }
-    (0..=secret.len() - window).map(|i| &secret[i..i + window]).collect()
-}
-
 #[test]
 fn secrets_tokens_api_keys_and_tickets_are_never_logged_only_fingerprints() {
     let sb = Sandbox::new();
-    let cfg = sb.write(
-        "agentgate.toml",
-        &format!("{}{}{}", sb.server_section(), hs_issuer("main", "AG_CLI_HS"), api_key_section()),
-    );
-    let cfg = cfg.to_str().unwrap();
+    let cfg = sb.config("agentgate.toml", &format!("{}{}", hs_issuer("main", "AG_CLI_HS"), api_key_section()));
+    let cfg = cfg.as_str();
     let other_cfg = sb.write("other.toml", &hs_issuer("main", "AG_CLI_OTHER"));
-    let env = [("AG_CLI_HS", HS_SECRET), ("RUST_LOG", "debug")];
-    let mut server = sb.serve(&["--log-format", "json"], &["--config", cfg], &env);
+    let env = [("AG_CLI_HS", SECRET), ("RUST_LOG", "debug")];
+    let mut server = sb.serve(&["--log-format", "json"], cfg, &env);
     let addr = server.addr();
 
-    let mint_env = [("AG_CLI_HS", HS_SECRET)];
-    let t_header = sb.mint(&["--config", cfg, "--sub", "alice"], &mint_env);
-    let t_query = sb.mint(&["--config", cfg, "--sub", "alice"], &mint_env);
-    let t_proto = sb.mint(&["--config", cfg, "--sub", "alice"], &mint_env);
-    let t_ticket_owner = sb.mint(&["--config", cfg, "--sub", "alice"], &mint_env);
-    let t_invalid =
-        sb.mint(&["--config", other_cfg.to_str().unwrap(), "--sub", "alice"], &[("AG_CLI_OTHER", OTHER_SECRET)]);
+    let mint_env = [("AG_CLI_HS", SECRET)];
+    let t_header = sb.mint(cfg, &["--sub", "alice"], &mint_env);
+    let t_query = sb.mint(cfg, &["--sub", "alice"], &mint_env);
+    let t_proto = sb.mint(cfg, &["--sub", "alice"], &mint_env);
+    let t_ticket_owner = sb.mint(cfg, &["--sub", "alice"], &mint_env);
+    let t_invalid = sb.mint(&other_cfg, &["--sub", "alice"], &[("AG_CLI_OTHER", OTHER_SECRET)]);
     let wrong_api_key = "agk_00000000000000000000000000000000Zz";
 
     // A ticket: a real one if the ticket endpoint answers, else a ticket-shaped string.
@@ -1093,9 +679,9 @@ fn secrets_tokens_api_keys_and_tickets_are_never_logged_only_fingerprints() {
     };
     assert!(ticket.starts_with("t_"), "{ticket}");
 
-    let url = server.ws_url("/v1/ws");
+    let url = server.url();
     let session_id = block_on(async {
-        let (outcome, ws) = connect_bearer(&url, &t_header).await;
+        let (outcome, ws) = connect_bearer(&url, &t_header, &[]).await;
         let w = outcome.welcome();
         close(ws).await;
         let sid = w["session_id"].as_str().expect("session id").to_owned();
@@ -1109,28 +695,28 @@ fn secrets_tokens_api_keys_and_tickets_are_never_logged_only_fingerprints() {
         assert_eq!(outcome.code(), "accepted", "subprotocol token: {outcome:?}");
         close(ws).await;
 
-        let (outcome, _) = connect_bearer(&url, &t_invalid).await;
-        assert_http(&outcome, 401, "signature_invalid");
+        let (outcome, _) = connect_bearer(&url, &t_invalid, &[]).await;
+        outcome.assert_http_traced(401, "signature_invalid");
 
-        let (outcome, ws) = connect_bearer(&url, API_KEY).await;
+        let (outcome, ws) = connect_bearer(&url, API_KEY, &[]).await;
         let w = outcome.welcome();
         assert_eq!(w["principal"]["via"], "api_key:ci");
         assert_eq!(w["expires_at"], Value::Null);
         close(ws).await;
 
-        let (outcome, _) = connect_bearer(&url, wrong_api_key).await;
-        assert_http(&outcome, 401, "api_key_invalid");
+        let (outcome, _) = connect_bearer(&url, wrong_api_key, &[]).await;
+        outcome.assert_http_traced(401, "api_key_invalid");
 
         let (outcome, ws) = connect(&format!("{url}?ticket={ticket}"), &[]).await;
         if real_ticket {
             assert_eq!(outcome.code(), "accepted", "live ticket: {outcome:?}");
         } else {
-            assert_http(&outcome, 401, "ticket_invalid");
+            outcome.assert_http_traced(401, "ticket_invalid");
         }
         close(ws).await;
 
-        let (outcome, _) = connect_bearer(&url, &sid).await;
-        assert_http(&outcome, 401, "token_malformed");
+        let (outcome, _) = connect_bearer(&url, &sid, &[]).await;
+        outcome.assert_http_traced(401, "token_malformed");
         sid
     });
 
@@ -1149,7 +735,7 @@ fn secrets_tokens_api_keys_and_tickets_are_never_logged_only_fingerprints() {
         assert!(!logs.contains(payload), "a token payload appears in the logs");
     }
     for (what, s) in
-        [("HS secret", HS_SECRET), ("API key", API_KEY), ("wrong API key", wrong_api_key), ("ticket", ticket.as_str())]
+        [("HS secret", SECRET), ("API key", API_KEY), ("wrong API key", wrong_api_key), ("ticket", ticket.as_str())]
     {
         for p in pieces(s, 10) {
             assert!(!logs.contains(p), "part of the {what} ({p}) appears in the logs");
@@ -1195,47 +781,44 @@ fn secrets_tokens_api_keys_and_tickets_are_never_logged_only_fingerprints() {
 #[test]
 fn fake_staging_token_is_401_api_key_invalid_and_session_id_is_401_token_malformed() {
     let sb = Sandbox::new();
-    let cfg = sb.write(
-        "agentgate.toml",
-        &format!("{}{}{}", sb.server_section(), hs_issuer("local", "AG_CLI_HS"), api_key_section()),
-    );
-    let cfg = cfg.to_str().unwrap();
-    let env = [("AG_CLI_HS", HS_SECRET)];
-    let mut server = sb.serve(&[], &["--config", cfg], &env);
-    let token = sb.mint(&["--config", cfg, "--sub", "u1"], &env);
-    let anon = sb.mint(&["--config", cfg, "--sub", "visitor", "--claim", "role=anon"], &env);
-    let url = server.ws_url("/v1/ws");
+    let cfg = sb.config("agentgate.toml", &format!("{}{}", hs_issuer("local", "AG_CLI_HS"), api_key_section()));
+    let cfg = cfg.as_str();
+    let env = [("AG_CLI_HS", SECRET)];
+    let mut server = sb.serve(&[], cfg, &env);
+    let token = sb.mint(cfg, &["--sub", "u1"], &env);
+    let anon = sb.mint(cfg, &["--sub", "visitor", "--claim", "role=anon"], &env);
+    let url = server.url();
     block_on(async {
         // Row 2: a hand-made "token" is neither a JWT nor a known API key.
-        let (outcome, _) = connect_bearer(&url, "staging_jwt_token_u1_1700000000").await;
-        let body = assert_http(&outcome, 401, "api_key_invalid");
-        let msg = body["error"]["message"].as_str().unwrap_or("").to_lowercase();
-        assert!(msg.contains("api key"), "the message says it is not a known API key: {body}");
+        let (outcome, _) = connect_bearer(&url, "staging_jwt_token_u1_1700000000", &[]).await;
+        let err = outcome.assert_http_traced(401, "api_key_invalid");
+        let msg = err["message"].as_str().unwrap_or("").to_lowercase();
+        assert!(msg.contains("api key"), "the message says it is not a known API key: {err}");
 
         // Row 4: the session id where the token belongs.
-        let (outcome, ws) = connect_bearer(&url, &token).await;
+        let (outcome, ws) = connect_bearer(&url, &token, &[]).await;
         let sid = outcome.welcome()["session_id"].as_str().expect("session_id").to_owned();
         assert!(sid.starts_with("s_") && sid.len() >= 22, "session id shape: {sid}");
         close(ws).await;
-        let (outcome, _) = connect_bearer(&url, &sid).await;
-        let body = assert_http(&outcome, 401, "token_malformed");
-        let msg = body["error"]["message"].as_str().unwrap_or("").to_lowercase();
-        assert!(msg.contains("session id"), "the message says it looks like a session id: {body}");
+        let (outcome, _) = connect_bearer(&url, &sid, &[]).await;
+        let err = outcome.assert_http_traced(401, "token_malformed");
+        let msg = err["message"].as_str().unwrap_or("").to_lowercase();
+        assert!(msg.contains("session id"), "the message says it looks like a session id: {err}");
 
         // Row 4: an anonymous principal's valid token.
-        let (outcome, _) = connect_bearer(&url, &anon).await;
-        assert_http(&outcome, 403, "anonymous_not_allowed");
+        let (outcome, _) = connect_bearer(&url, &anon, &[]).await;
+        outcome.assert_http_traced(403, "anonymous_not_allowed");
     });
     assert_eq!(server.terminate().code(), Some(0));
 
     // Without API keys configured, the same string is token_malformed.
     let sb2 = Sandbox::new();
-    let cfg2 = sb2.write("agentgate.toml", &format!("{}{}", sb2.server_section(), hs_issuer("local", "AG_CLI_HS")));
-    let mut server2 = sb2.serve(&[], &["--config", cfg2.to_str().unwrap()], &env);
-    let url2 = server2.ws_url("/v1/ws");
+    let cfg2 = sb2.config("agentgate.toml", &hs_issuer("local", "AG_CLI_HS"));
+    let mut server2 = sb2.serve(&[], &cfg2, &env);
+    let url2 = server2.url();
     block_on(async {
-        let (outcome, _) = connect_bearer(&url2, "staging_jwt_token_u1_1700000000").await;
-        assert_http(&outcome, 401, "token_malformed");
+        let (outcome, _) = connect_bearer(&url2, "staging_jwt_token_u1_1700000000", &[]).await;
+        outcome.assert_http_traced(401, "token_malformed");
     });
     assert_eq!(server2.terminate().code(), Some(0));
 }
@@ -1247,15 +830,15 @@ fn fake_staging_token_is_401_api_key_invalid_and_session_id_is_401_token_malform
 #[test]
 fn sigterm_closes_connected_clients_1012_server_restart_and_exits_0() {
     let sb = Sandbox::new();
-    let cfg = sb.write("agentgate.toml", &format!("{}{}", sb.server_section(), hs_issuer("local", "AG_CLI_HS")));
-    let cfg = cfg.to_str().unwrap();
-    let env = [("AG_CLI_HS", HS_SECRET)];
-    let mut server = sb.serve(&[], &["--config", cfg], &env);
-    let token = sb.mint(&["--config", cfg, "--sub", "alice"], &env);
-    let url = server.ws_url("/v1/ws");
+    let cfg = sb.config("agentgate.toml", &hs_issuer("local", "AG_CLI_HS"));
+    let cfg = cfg.as_str();
+    let env = [("AG_CLI_HS", SECRET)];
+    let mut server = sb.serve(&[], cfg, &env);
+    let token = sb.mint(cfg, &["--sub", "alice"], &env);
+    let url = server.url();
     let pid = server.child.id().to_string();
     block_on(async {
-        let (outcome, ws) = connect_bearer(&url, &token).await;
+        let (outcome, ws) = connect_bearer(&url, &token, &[]).await;
         outcome.welcome();
         let mut ws = ws.unwrap();
         let st = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");

@@ -7,218 +7,63 @@
 //! announce their port through `server.addr_file`, every spawned process is killed
 //! when its guard drops, and every wait is bounded.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::ops::Deref;
+use std::process::Output;
 
 use serde_json::Value;
-
-/// Longest wait for a command that should finish (connect, mint).
-const CMD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a server to write its addr file, or for an expected output line.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+use support::*;
 
 // ---------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------
 
-/// A temporary directory with `AGENTGATE_HOME`, a config, and the addr file.
-struct Sandbox {
-    dir: tempfile::TempDir,
+/// A [`Sandbox`] with one config, `agentgate.toml`: `[server]` on `127.0.0.1:0` plus
+/// extra TOML.
+struct Setup {
+    sb: Sandbox,
+    config: String,
 }
 
-impl Sandbox {
-    /// A sandbox whose config is `[server]` on `127.0.0.1:0` plus `extra` TOML.
+impl Setup {
     fn new(extra: &str) -> Self {
-        let sb = Self { dir: tempfile::tempdir().expect("temp dir") };
-        let addr_file = Value::String(sb.file("addr").display().to_string());
-        let toml = format!("[server]\nlisten = \"127.0.0.1:0\"\naddr_file = {addr_file}\n{extra}\n");
-        std::fs::write(sb.config(), toml).expect("write config");
-        sb
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn config(&self) -> PathBuf {
-        self.file("agentgate.toml")
-    }
-
-    /// The binary with a clean environment: no inherited `AGENTGATE_*` or `RUST_LOG`.
-    fn cmd(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_agentgate"));
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("AGENTGATE_") || k == "RUST_LOG" {
-                c.env_remove(k.as_ref());
-            }
-        }
-        c.env("AGENTGATE_HOME", self.file("home"));
-        c.args(args).envs(env.iter().copied());
-        c
+        let sb = Sandbox::new();
+        let config = sb.config("agentgate.toml", extra);
+        Self { sb, config }
     }
 
     /// `agentgate token mint --config <config> --sub alice <args>`.
     fn mint(&self, args: &[&str]) -> String {
-        let config = self.config().display().to_string();
-        let mut full = vec!["token", "mint", "--config", &config, "--sub", "alice"];
+        let mut full = vec!["--sub", "alice"];
         full.extend_from_slice(args);
-        let out = run_bounded(self.cmd(&full, &[]), None);
-        assert!(out.status.success(), "mint failed: {}", describe(&out));
-        String::from_utf8(out.stdout).expect("UTF-8").trim().to_owned()
+        self.sb.mint(&self.config, &full, &[])
     }
 
     /// `agentgate serve --config <config>`, once its addr file names the port.
-    fn serve(&self) -> Proc {
-        let config = self.config().display().to_string();
-        let mut server = Proc::spawn(self.cmd(&["serve", "--config", &config], &[]), false);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(self.file("addr"))
-                && let Ok(addr) = text.trim().parse::<SocketAddr>()
-            {
-                assert!(addr.ip().is_loopback());
-                server.addr = Some(addr);
-                return server;
-            }
-            assert!(server.child.try_wait().expect("try_wait").is_none(), "serve exited: {}", server.stderr());
-            assert!(Instant::now() < deadline, "no addr file in time: {}", server.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn serve(&self) -> Server {
+        self.sb.serve(&[], &self.config, &[])
     }
 
     /// `agentgate connect <url> <args>` with `env`, to completion.
     fn connect(&self, url: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
         let mut full = vec!["connect", url];
         full.extend_from_slice(args);
-        run_bounded(self.cmd(&full, env), stdin)
+        run_bounded(self.sb.cmd(&full, env), stdin)
     }
 }
 
-/// Spawn, feed `stdin` (then close it), collect output; killed after [`CMD_TIMEOUT`].
-fn run_bounded(mut c: Command, stdin: Option<&str>) -> Output {
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn agentgate");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(input.as_bytes()).expect("write stdin");
+impl Deref for Setup {
+    type Target = Sandbox;
+
+    fn deref(&self) -> &Sandbox {
+        &self.sb
     }
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(CMD_TIMEOUT) {
-        Ok(out) => out.expect("wait for agentgate"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            panic!("agentgate did not finish within {CMD_TIMEOUT:?}");
-        }
-    }
-}
-
-/// A long-running process whose output is collected as it comes; killed on drop.
-struct Proc {
-    child: Child,
-    addr: Option<SocketAddr>,
-    out: Arc<Mutex<Vec<u8>>>,
-    err: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Proc {
-    /// Spawn with piped output; `keep_stdin` leaves standard input open (a pipe).
-    fn spawn(mut c: Command, keep_stdin: bool) -> Self {
-        c.stdin(if keep_stdin { Stdio::piped() } else { Stdio::null() });
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn agentgate");
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(Vec::new()));
-        pump(child.stdout.take().expect("stdout"), Arc::clone(&out));
-        pump(child.stderr.take().expect("stderr"), Arc::clone(&err));
-        Self { child, addr: None, out, err }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/v1/ws", self.addr.expect("an address"))
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.err.lock().unwrap()).into_owned()
-    }
-
-    /// Wait until a stdout line satisfies `pred`.
-    fn wait_for_line(&self, what: &str, pred: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.stdout().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| pred(&v)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no {what} line in time; stdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
-    }
-
-    /// SIGTERM.
-    fn terminate(&self) {
-        let st = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
-        assert!(st.success());
-    }
-
-    /// Wait (bounded) for the exit status.
-    fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + CMD_TIMEOUT;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "did not exit in time; stderr:\n{}", self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn pump(mut r: impl Read + Send + 'static, sink: Arc<Mutex<Vec<u8>>>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    });
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Every stdout line, each of which must be a JSON object.
 fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
+    stdout_of(out)
         .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"));
@@ -228,21 +73,13 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_status(out: &Output, status: i32) {
-    assert_eq!(out.status.code(), Some(status), "{}", describe(out));
-}
-
 // ---------------------------------------------------------------------------------
 // Runs
 // ---------------------------------------------------------------------------------
 
 #[test]
 fn completed_demo_run_exits_0_and_prints_json_lines() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let server = sb.serve();
     let token = sb.mint(&[]);
     let out = sb.connect(
@@ -265,7 +102,7 @@ fn completed_demo_run_exits_0_and_prints_json_lines() {
 
 #[test]
 fn token_file_and_token_env_are_read() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let server = sb.serve();
     let token = sb.mint(&[]);
     let path = sb.file("token");
@@ -279,7 +116,7 @@ fn token_file_and_token_env_are_read() {
 
 #[test]
 fn failed_run_and_unknown_agent_exit_8() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let server = sb.serve();
     let token = sb.mint(&[]);
     let env = [("AGENTGATE_TOKEN", token.as_str())];
@@ -297,7 +134,7 @@ fn failed_run_and_unknown_agent_exit_8() {
 
 #[test]
 fn token_without_the_scope_exits_4() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let server = sb.serve();
     let token = sb.mint(&["--scope", "other"]);
     let out = sb.connect(&server.url(), &["--run", "demo"], &[("AGENTGATE_TOKEN", &token)], None);
@@ -308,13 +145,13 @@ fn token_without_the_scope_exits_4() {
 
 #[test]
 fn too_many_runs_exits_5() {
-    let sb = Sandbox::new("[limits]\nruns_per_principal = 1\n");
+    let sb = Setup::new("[limits]\nruns_per_principal = 1\n");
     let server = sb.serve();
     let token = sb.mint(&[]);
     let url = server.url();
     let long =
         sb.cmd(&["connect", &url, "--run", "demo", "--input", r#"{"delay_ms":2000}"#], &[("AGENTGATE_TOKEN", &token)]);
-    let first = Proc::spawn(long, false);
+    let first = Server::spawn(long, false);
     first.wait_for_line("run.accepted", |v| v["type"] == "run.accepted");
     let out = sb.connect(&url, &["--run", "demo"], &[("AGENTGATE_TOKEN", &token)], None);
     assert_status(&out, 5);
@@ -327,7 +164,7 @@ fn too_many_runs_exits_5() {
 
 #[test]
 fn expired_and_invalid_tokens_exit_3_naming_status_code_and_request_id() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let server = sb.serve();
     let expired = sb.mint(&["--ttl", "-300"]);
     let out = sb.connect(&server.url(), &["--run", "demo"], &[("AGENTGATE_TOKEN", &expired)], None);
@@ -347,11 +184,8 @@ fn expired_and_invalid_tokens_exit_3_naming_status_code_and_request_id() {
 
 #[test]
 fn nothing_listening_exits_6() {
-    let sb = Sandbox::new("");
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let sb = Setup::new("");
+    let port = closed_port();
     let url = format!("ws://127.0.0.1:{port}/v1/ws");
     let out = sb.connect(&url, &["--run", "demo"], &[("AGENTGATE_TOKEN", "some-token")], None);
     assert_status(&out, 6);
@@ -361,13 +195,13 @@ fn nothing_listening_exits_6() {
 
 #[test]
 fn server_restart_exits_5() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let server = sb.serve();
     let token = sb.mint(&[]);
-    let mut conn = Proc::spawn(sb.cmd(&["connect", &server.url()], &[("AGENTGATE_TOKEN", &token)]), true);
+    let mut conn = Server::spawn(sb.cmd(&["connect", &server.url()], &[("AGENTGATE_TOKEN", &token)]), true);
     conn.wait_for_line("welcome", |v| v["type"] == "welcome");
-    server.terminate();
-    assert_eq!(conn.wait(), Some(5), "stderr: {}", conn.stderr());
+    server.signal_terminate();
+    assert_eq!(conn.wait_within(CMD_TIMEOUT).code(), Some(5), "stderr: {}", conn.stderr());
     assert!(conn.stderr().contains("1012"), "{}", conn.stderr());
 }
 
@@ -377,7 +211,7 @@ fn server_restart_exits_5() {
 
 #[test]
 fn stdin_lines_are_sent_and_end_of_input_exits_0() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let server = sb.serve();
     let token = sb.mint(&[]);
     let stdin = "{\"type\":\"ping\",\"ref\":\"p1\"}\n\n{\"type\":\"ping\",\"ref\":\"p2\"}\n";
@@ -391,7 +225,7 @@ fn stdin_lines_are_sent_and_end_of_input_exits_0() {
 
 #[test]
 fn a_frame_the_gateway_refuses_exits_7() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let server = sb.serve();
     let token = sb.mint(&[]);
     let out = sb.connect(&server.url(), &[], &[("AGENTGATE_TOKEN", &token)], Some("not json\n"));
@@ -406,7 +240,7 @@ fn a_frame_the_gateway_refuses_exits_7() {
 
 #[test]
 fn missing_or_empty_token_exits_64_naming_where_it_looked() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let url = "ws://127.0.0.1:9/v1/ws";
     let out = sb.connect(url, &["--run", "demo"], &[], None);
     assert_status(&out, 64);
@@ -430,7 +264,7 @@ fn missing_or_empty_token_exits_64_naming_where_it_looked() {
 
 #[test]
 fn a_token_is_never_a_command_line_value_and_bad_input_is_64() {
-    let sb = Sandbox::new("");
+    let sb = Setup::new("");
     let url = "ws://127.0.0.1:9/v1/ws";
     let out = sb.connect(url, &["--token", "abc"], &[("AGENTGATE_TOKEN", "t")], None);
     assert_status(&out, 64);

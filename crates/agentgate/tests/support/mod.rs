@@ -1,4 +1,5 @@
-//! Helpers shared by `tests/doctor.rs` and `tests/incidents.rs`: a sandbox with its own
+//! Helpers shared by the binary's end-to-end tests (`tests/cli.rs`, `tests/connect.rs`,
+//! `tests/doctor.rs`, `tests/incidents.rs`): a sandbox with its own
 //! `AGENTGATE_HOME`, the real binary with a clean environment, `agentgate serve` on
 //! `127.0.0.1:0` announced through `server.addr_file`, a real `redis-server`, bounded
 //! waits, and a raw WebSocket client that shows exactly what the gateway answered.
@@ -19,7 +20,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -53,8 +54,18 @@ impl Sandbox {
         Self { dir: tempfile::tempdir().expect("temp dir") }
     }
 
+    /// The directory itself.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `AGENTGATE_HOME` for every command run here.
+    pub(crate) fn home(&self) -> PathBuf {
+        self.file("home")
+    }
+
     pub(crate) fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.path().join(name)
     }
 
     /// Write `text` to `name`; returns the path as a string.
@@ -71,7 +82,8 @@ impl Sandbox {
         self.write(name, &format!("[server]\nlisten = \"127.0.0.1:0\"\naddr_file = {addr}\n{extra}\n"))
     }
 
-    fn addr_file(&self, config_name: &str) -> PathBuf {
+    /// The addr file of config `config_name` written by [`Sandbox::config`].
+    pub(crate) fn addr_file(&self, config_name: &str) -> PathBuf {
         self.file(&format!("{config_name}.addr"))
     }
 
@@ -85,7 +97,7 @@ impl Sandbox {
                 c.env_remove(k.as_ref());
             }
         }
-        c.env("AGENTGATE_HOME", self.file("home"));
+        c.env("AGENTGATE_HOME", self.home());
         c.args(args).envs(env.iter().copied());
         c
     }
@@ -95,15 +107,31 @@ impl Sandbox {
         run_bounded(self.cmd(args, env), None)
     }
 
+    /// Run to completion (bounded), with `stdin` written to standard input (then closed).
+    pub(crate) fn run_with_stdin(&self, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+        run_bounded(self.cmd(args, env), Some(stdin))
+    }
+
     /// `agentgate token mint --config <config> <args>`, which must succeed.
     pub(crate) fn mint(&self, config: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-        let mut full = vec!["token", "mint", "--config", config];
+        let mut full = vec!["--config", config];
+        full.extend_from_slice(args);
+        self.mint_args(&full, env)
+    }
+
+    /// `agentgate token mint <args>` (no `--config` added), which must succeed and print
+    /// the token alone on one line.
+    pub(crate) fn mint_args(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let mut full = vec!["token", "mint"];
         full.extend_from_slice(args);
         let out = self.run(&full, env);
         assert!(out.status.success(), "mint {args:?} failed: {}", describe(&out));
-        let token = stdout_of(&out).trim().to_owned();
+        let stdout = String::from_utf8(out.stdout.clone()).expect("UTF-8 token");
+        assert!(stdout.ends_with('\n'), "mint prints the token and a newline: {stdout:?}");
+        let token = stdout.trim_end_matches('\n');
+        assert!(!token.contains('\n') && !token.contains(' '), "mint prints the token alone: {stdout:?}");
         assert_eq!(token.split('.').count(), 3, "a JWT: {token:?}");
-        token
+        token.to_owned()
     }
 
     /// `agentgate doctor <args>`.
@@ -117,14 +145,18 @@ impl Sandbox {
     /// once its addr file names the port.
     pub(crate) fn serve(&self, pre: &[&str], config: &str, env: &[(&str, &str)]) -> Server {
         let name = Path::new(config).file_name().expect("config file name").to_string_lossy().into_owned();
-        let addr_file = self.addr_file(&name);
-        let _ = std::fs::remove_file(&addr_file);
         let mut args: Vec<&str> = pre.to_vec();
         args.extend(["serve", "--config", config]);
-        let mut server = Server::spawn(self.cmd(&args, env), false);
+        self.start_server(&args, env, &self.addr_file(&name))
+    }
+
+    /// `agentgate <args>` (a `serve`), once `addr_file` names the port.
+    pub(crate) fn start_server(&self, args: &[&str], env: &[(&str, &str)], addr_file: &Path) -> Server {
+        let _ = std::fs::remove_file(addr_file);
+        let mut server = Server::spawn(self.cmd(args, env), false);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(text) = std::fs::read_to_string(&addr_file)
+            if let Ok(text) = std::fs::read_to_string(addr_file)
                 && let Ok(addr) = text.trim().parse::<SocketAddr>()
             {
                 assert!(addr.ip().is_loopback(), "listens on loopback: {addr}");
@@ -205,9 +237,15 @@ impl Server {
         assert!(st.success(), "kill -TERM {pid}");
     }
 
-    /// Wait (bounded) for the exit; the output pipes are then drained.
+    /// Wait (bounded by [`EXIT_TIMEOUT`]) for the exit; the output pipes are then drained.
     pub(crate) fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + EXIT_TIMEOUT;
+        self.wait_within(EXIT_TIMEOUT)
+    }
+
+    /// Wait at most `limit` for the exit (else kill and panic); the output pipes are
+    /// then drained.
+    pub(crate) fn wait_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 break s;
@@ -215,7 +253,7 @@ impl Server {
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("did not exit within {EXIT_TIMEOUT:?}; output:\n{}", self.logs());
+                panic!("did not exit within {limit:?}; output:\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -468,11 +506,23 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Welcome(Value),
-    Http { status: u16, body: Value },
+    Http { status: u16, headers: HeaderMap, body: Value },
     Closed { code: u16, reason: String },
 }
 
 impl Outcome {
+    /// `accepted`, or the reason code of the rejection (HTTP body or close reason).
+    pub(crate) fn code(&self) -> String {
+        match self {
+            Outcome::Welcome(_) => "accepted".into(),
+            Outcome::Http { body, .. } => body["error"]["code"].as_str().unwrap_or("?").into(),
+            Outcome::Closed { code, reason } => serde_json::from_str::<Value>(reason)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("?{code} {reason}")),
+        }
+    }
+
     pub(crate) fn welcome(self) -> Value {
         match self {
             Outcome::Welcome(w) => w,
@@ -484,13 +534,55 @@ impl Outcome {
     /// object of the body.
     pub(crate) fn assert_http(&self, status: u16, code: &str) -> Value {
         match self {
-            Outcome::Http { status: s, body } => {
+            Outcome::Http { status: s, body, .. } => {
                 assert_eq!((*s, body["error"]["code"].as_str()), (status, Some(code)), "{body}");
                 body["error"].clone()
             }
             other => panic!("expected HTTP {status} {code}, got {other:?}"),
         }
     }
+
+    /// [`Outcome::assert_http`], and the request id: `req_...` in the body and the same
+    /// in `X-Request-Id`; on 401, `WWW-Authenticate` names the reason code. Returns the
+    /// `error` object of the body.
+    pub(crate) fn assert_http_traced(&self, status: u16, code: &str) -> Value {
+        let err = self.assert_http(status, code);
+        let Outcome::Http { headers, .. } = self else { unreachable!("assert_http passed") };
+        let rid = err["request_id"].as_str().expect("request_id");
+        assert!(rid.starts_with("req_"), "request id prefix: {rid}");
+        assert_eq!(headers.get("x-request-id").and_then(|v| v.to_str().ok()), Some(rid), "X-Request-Id header");
+        if status == 401 {
+            let www = headers.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("");
+            assert!(www.contains(&format!("error_description=\"{code}\"")), "WWW-Authenticate: {www}");
+        }
+        err
+    }
+}
+
+/// One frame read from a socket.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Text(Value),
+    Close(u16, String),
+    /// The connection ended (or failed) without a close frame.
+    End,
+}
+
+/// The next text or close frame (control frames skipped), within [`STEP`].
+pub(crate) async fn next_frame(ws: &mut Ws) -> Frame {
+    for _ in 0..1000 {
+        let msg = tokio::time::timeout(STEP, ws.next()).await.expect("a frame in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Frame::Text(serde_json::from_str(t.as_str()).expect("JSON frame")),
+            Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                return Frame::Close(u16::from(code), reason.as_str().to_owned());
+            }
+            Some(Ok(Message::Close(None))) => return Frame::Close(1005, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Frame::End,
+        }
+    }
+    panic!("too many control frames")
 }
 
 /// Connect to `url` with these request headers, and read the first frame.
@@ -500,25 +592,16 @@ pub(crate) async fn connect(url: &str, headers: &[(&str, &str)]) -> (Outcome, Op
         req.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
     }
     match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req)).await.expect("handshake in time") {
-        Ok((mut ws, _)) => {
-            for _ in 0..100 {
-                match tokio::time::timeout(STEP, ws.next()).await.expect("a frame in time") {
-                    Some(Ok(Message::Text(t))) => {
-                        return (Outcome::Welcome(serde_json::from_str(t.as_str()).expect("JSON")), Some(ws));
-                    }
-                    Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
-                        return (Outcome::Closed { code: u16::from(code), reason: reason.as_str().to_owned() }, None);
-                    }
-                    Some(Ok(_)) => continue,
-                    other => panic!("no welcome or close frame: {other:?}"),
-                }
-            }
-            panic!("too many control frames")
-        }
+        Ok((mut ws, _)) => match next_frame(&mut ws).await {
+            Frame::Text(v) => (Outcome::Welcome(v), Some(ws)),
+            Frame::Close(code, reason) => (Outcome::Closed { code, reason }, None),
+            Frame::End => panic!("connection ended without welcome or close frame"),
+        },
         Err(WsError::Http(resp)) => {
             let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
             let body = resp.body().as_ref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
-            (Outcome::Http { status, body }, None)
+            (Outcome::Http { status, headers, body }, None)
         }
         Err(e) => panic!("unexpected connect error: {e}"),
     }
