@@ -52,103 +52,111 @@ pub(crate) enum End {
     Gone,
 }
 
-pub(crate) async fn run(
+/// The life of one upgraded connection. A plain function returning an `async move`
+/// block, not an `async fn`: an `async fn` keeps a second copy of every argument in
+/// its state, and this state is what each idle connection costs.
+#[allow(clippy::manual_async_fn)] // deliberate: see above (measured in docs/performance.md)
+pub(crate) fn run(
     app: Arc<AppState>,
     mut socket: WebSocket,
     start: Start,
     remote: SocketAddr,
     request_id: String,
-) {
-    let _gauge = crate::metrics::ConnectionGauge::open();
-    let Some(_tracked) = app.track_connection() else {
-        close(&mut socket, ErrorCode::ServerRestart).await;
-        return;
-    };
-    let (principal, resume, resumable, _slots) = match start {
-        Start::Authenticated { principal, resume, resumable, slots } => (*principal, resume, resumable, slots),
-        Start::AwaitAuth { resume, ip_slot } => {
-            match await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot).await {
-                Some(x) => x,
-                None => return,
-            }
-        }
-    };
-    let conn_id = app.next_conn_id();
-    let holder = Holder { node: app.node_id.clone(), conn_id };
-    let opened = Subscription::open(
-        Arc::clone(&app.store),
-        Arc::clone(&app.hub),
-        holder,
-        &Owner::of(&principal),
-        resume,
-        resumable,
-        OUTBOUND_QUEUE,
-    )
-    .await;
-    let (mut sub, opened) = match opened {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!(conn_id, request_id = %request_id, error = %e, "cannot attach a session");
-            close(&mut socket, ErrorCode::ServiceUnavailable).await;
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let _gauge = crate::metrics::ConnectionGauge::open();
+        let Some(_tracked) = app.track_connection() else {
+            close(&mut socket, ErrorCode::ServerRestart).await;
             return;
+        };
+        let (principal, resume, resumable, _slots) = match start {
+            Start::Authenticated { principal, resume, resumable, slots } => (*principal, resume, resumable, slots),
+            Start::AwaitAuth { resume, ip_slot } => {
+                // Boxed: first-message auth is the rare path; its state should not size
+                // every connection's task.
+                match Box::pin(await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot)).await {
+                    Some(x) => x,
+                    None => return,
+                }
+            }
+        };
+        let conn_id = app.next_conn_id();
+        let holder = Holder { node: app.node_id.clone(), conn_id };
+        let opened = Subscription::open(
+            Arc::clone(&app.store),
+            Arc::clone(&app.hub),
+            holder,
+            &Owner::of(&principal),
+            resume,
+            resumable,
+            OUTBOUND_QUEUE,
+        )
+        .await;
+        let (mut sub, opened) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(conn_id, request_id = %request_id, error = %e, "cannot attach a session");
+                close(&mut socket, ErrorCode::ServiceUnavailable).await;
+                return;
+            }
+        };
+        let session_id = opened.session_id.clone();
+        tracing::info!(
+            conn_id,
+            request_id = %request_id,
+            session_id = %session_id,
+            subject = %principal.subject,
+            via = %principal.via,
+            token_fp = %principal.token_fp,
+            remote = %remote,
+            resumed = opened.resumed,
+            replayed = opened.replay.len(),
+            "connection accepted"
+        );
+        let welcome = Welcome {
+            ty: "welcome",
+            protocol: PROTOCOL_V1,
+            session_id: session_id.clone(),
+            resumed: opened.resumed,
+            resume_error: opened.resume_error,
+            first_seq: opened.first_seq,
+            principal: PrincipalInfo {
+                subject: principal.subject.clone(),
+                tenant: principal.tenant.clone(),
+                scopes: principal.scopes.clone(),
+                via: principal.via.clone(),
+            },
+            expires_at: principal.expires_at,
+            heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
+        };
+        let mut ok = send_text(&mut socket, serde_json::to_string(&welcome).unwrap_or_default()).await;
+        crate::metrics::accepted(opened.resumed);
+        for (_, event) in opened.replay {
+            if !ok {
+                break;
+            }
+            ok = send_text(&mut socket, event.as_ref().to_owned()).await;
+            crate::metrics::events_sent(u64::from(ok));
         }
-    };
-    let session_id = opened.session_id.clone();
-    tracing::info!(
-        conn_id,
-        request_id = %request_id,
-        session_id = %session_id,
-        subject = %principal.subject,
-        via = %principal.via,
-        token_fp = %principal.token_fp,
-        remote = %remote,
-        resumed = opened.resumed,
-        replayed = opened.replay.len(),
-        "connection accepted"
-    );
-    let welcome = Welcome {
-        ty: "welcome",
-        protocol: PROTOCOL_V1,
-        session_id: session_id.clone(),
-        resumed: opened.resumed,
-        resume_error: opened.resume_error,
-        first_seq: opened.first_seq,
-        principal: PrincipalInfo {
-            subject: principal.subject.clone(),
-            tenant: principal.tenant.clone(),
-            scopes: principal.scopes.clone(),
-            via: principal.via.clone(),
-        },
-        expires_at: principal.expires_at,
-        heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
-    };
-    let mut ok = send_text(&mut socket, serde_json::to_string(&welcome).unwrap_or_default()).await;
-    crate::metrics::accepted(opened.resumed);
-    for (_, event) in opened.replay {
-        if !ok {
-            break;
+        let end = if ok {
+            let mut conn = Conn { app: &app, socket: &mut socket, sub: &mut sub, principal, conn_id };
+            conn.serve().await
+        } else {
+            End::Gone
+        };
+        sub.close().await;
+        match end {
+            End::Close(code) => {
+                tracing::info!(conn_id, session_id = %session_id, reason = code.as_str(), "connection closed by server");
+                close(&mut socket, code).await;
+            }
+            End::ClientClosed => {
+                // tungstenite queued the answering close frame; flushing sends it.
+                let _ = futures_util::SinkExt::flush(&mut socket).await;
+                tracing::debug!(conn_id, session_id = %session_id, "connection closed by client");
+            }
+            End::Gone => tracing::debug!(conn_id, session_id = %session_id, "connection lost"),
         }
-        ok = send_text(&mut socket, event.as_ref().to_owned()).await;
-        crate::metrics::events_sent(u64::from(ok));
-    }
-    let end = if ok {
-        let mut conn = Conn { app: &app, socket: &mut socket, sub: &mut sub, principal, conn_id };
-        conn.serve().await
-    } else {
-        End::Gone
-    };
-    sub.close().await;
-    match end {
-        End::Close(code) => {
-            tracing::info!(conn_id, session_id = %session_id, reason = code.as_str(), "connection closed by server");
-            close(&mut socket, code).await;
-        }
-        End::ClientClosed => {
-            // tungstenite queued the answering close frame; flushing sends it.
-            let _ = futures_util::SinkExt::flush(&mut socket).await;
-            tracing::debug!(conn_id, session_id = %session_id, "connection closed by client");
-        }
-        End::Gone => tracing::debug!(conn_id, session_id = %session_id, "connection lost"),
     }
 }
 
@@ -200,7 +208,9 @@ impl Conn<'_> {
                     last_seen = Instant::now();
                     match inbound(frame, self.app.config.server.max_message_bytes, &limiter) {
                         Inbound::Text(text) => {
-                            if let Some(end) = self.on_text(text.as_str(), &mut warned).await {
+                            // Boxed: handling a message is brief; its state should not size
+                            // every idle connection's task.
+                            if let Some(end) = Box::pin(self.on_text(text.as_str(), &mut warned)).await {
                                 return end;
                             }
                         }
@@ -264,7 +274,9 @@ impl Conn<'_> {
                 return Some(End::Close(ErrorCode::ProtocolError));
             }
             ClientMessage::AuthRefresh { token } => {
-                let p = match self.app.verify(&token).await {
+                // Boxed: verifying may fetch a JWKS over HTTP, a large future that
+                // would otherwise be reserved in every idle connection's task.
+                let p = match Box::pin(self.app.verify(&token)).await {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::info!(
