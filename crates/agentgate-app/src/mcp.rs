@@ -63,23 +63,8 @@ pub(crate) async fn mcp_ws(
 ) -> Response {
     let request_id = id::request_id();
     let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
-    let ws = ws.ok();
-    match decide(&app, &server, &headers, &query, origin.as_deref(), remote, &request_id).await {
-        Ok(admitted) => {
-            let Some(ws) = ws else {
-                let r = Rejection::new(
-                    ErrorCode::ProtocolError,
-                    "this endpoint speaks WebSocket only; send an upgrade request",
-                    &request_id,
-                );
-                return routes::reject(&app, r, None, origin.is_some(), remote, &headers);
-            };
-            let ws = routes::configure(&app, ws, &headers);
-            let app2 = Arc::clone(&app);
-            ws.on_upgrade(move |socket| relay(app2, socket, admitted, remote, request_id))
-        }
-        Err(r) => routes::reject(&app, r, ws, origin.is_some(), remote, &headers),
-    }
+    let decision = decide(&app, &server, &headers, &query, origin.as_deref(), remote, &request_id).await;
+    routes::respond(&app, decision, ws.ok(), &headers, remote, request_id, relay)
 }
 
 #[allow(clippy::too_many_arguments)]

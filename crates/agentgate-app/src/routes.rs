@@ -92,22 +92,43 @@ async fn agent_ws(
 ) -> Response {
     let request_id = id::request_id();
     let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
-    let ws = ws.ok();
-    match decide(&app, &headers, &query, origin.as_deref(), remote, &request_id).await {
-        Ok(start) => {
-            let Some(ws) = ws else {
-                let r = Rejection::new(
-                    ErrorCode::ProtocolError,
-                    "this endpoint speaks WebSocket only; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
-                    &request_id,
-                );
-                return reject(&app, r, None, origin.is_some(), remote, &headers);
-            };
-            let ws = configure(&app, ws, &headers);
-            let app2 = Arc::clone(&app);
-            ws.on_upgrade(move |socket| connection::run(app2, socket, start, remote, request_id))
+    let decision = decide(&app, &headers, &query, origin.as_deref(), remote, &request_id).await;
+    respond(&app, decision, ws.ok(), &headers, remote, request_id, connection::run)
+}
+
+/// Turn a pre-upgrade decision into the response: the upgrade, handing what was
+/// decided to `serve`, or the rejection (also when the request is not a WebSocket
+/// upgrade at all).
+pub(crate) fn respond<T, F, Fut>(
+    app: &Arc<AppState>,
+    decision: Result<T, Rejection>,
+    ws: Option<WebSocketUpgrade>,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+    request_id: String,
+    serve: F,
+) -> Response
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<AppState>, axum::extract::ws::WebSocket, T, SocketAddr, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let has_origin = headers.contains_key(ORIGIN);
+    match (decision, ws) {
+        (Ok(decided), Some(ws)) => {
+            let ws = configure(app, ws, headers);
+            let app = Arc::clone(app);
+            ws.on_upgrade(move |socket| serve(app, socket, decided, remote, request_id))
         }
-        Err(r) => reject(&app, r, ws, origin.is_some(), remote, &headers),
+        (Ok(_), None) => {
+            let r = Rejection::new(
+                ErrorCode::ProtocolError,
+                "this endpoint speaks WebSocket only; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
+                &request_id,
+            );
+            reject(app, r, None, has_origin, remote, headers)
+        }
+        (Err(r), ws) => reject(app, r, ws, has_origin, remote, headers),
     }
 }
 
