@@ -131,11 +131,11 @@ pub(crate) fn run(
         };
         let mut ok = send_text(&mut socket, serde_json::to_string(&welcome).unwrap_or_default()).await;
         crate::metrics::accepted(opened.resumed);
-        for (_, event) in opened.replay {
+        for event in opened.replay {
             if !ok {
                 break;
             }
-            ok = send_text(&mut socket, event.as_ref().to_owned()).await;
+            ok = send_text(&mut socket, event.text.as_ref().to_owned()).await;
             crate::metrics::events_sent(u64::from(ok));
         }
         let end = if ok {
@@ -195,8 +195,8 @@ impl Conn<'_> {
                 }
                 event = self.sub.events.recv() => match event {
                     Some(event) => {
-                        for (_, text) in self.sub.accept(event).await {
-                            if !send_text(self.socket, text.as_ref().to_owned()).await {
+                        for event in self.sub.accept(event).await {
+                            if !send_text(self.socket, event.text.as_ref().to_owned()).await {
                                 return End::Gone;
                             }
                             crate::metrics::events_sent(1);

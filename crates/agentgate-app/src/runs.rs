@@ -270,8 +270,8 @@ impl PreparedRun {
             ),
         };
         match sink.append(ty, data).await {
-            Ok((_seq, text)) => {
-                let terminal = serde_json::from_str(&text).unwrap_or(Value::Null);
+            Ok(event) => {
+                let terminal = serde_json::from_str(&event.text).unwrap_or(Value::Null);
                 runs.finish(&run_id, status, terminal);
             }
             Err(e) => runs.abandon(&run_id, &e),

@@ -99,7 +99,8 @@ impl World {
 
     /// Check a delivered event: its text carries its seq and the payload appended at
     /// that seq.
-    fn check_event(&self, (seq, text): &StoredEvent) {
+    fn check_event(&self, event: &StoredEvent) {
+        let (seq, text) = (&event.seq, &event.text);
         let (in_text, tag) = event_seq(text);
         assert_eq!(in_text, *seq, "the event text carries its seq");
         let idx = usize::try_from(seq - 1).unwrap();
@@ -112,7 +113,7 @@ impl World {
             self.check_event(e);
         }
         let conn = self.conn.as_mut().expect("a connection");
-        for (seq, _) in events {
+        for seq in events.iter().map(|e| &e.seq) {
             let expected = conn.delivered.last().copied().unwrap_or(conn.start) + 1;
             assert_eq!(*seq, expected, "no duplicate, no gap on one subscription: {:?} then {seq}", conn.delivered);
             conn.delivered.push(*seq);
@@ -199,7 +200,7 @@ impl World {
         };
         assert_eq!(opened.resume_error, want_error, "resume after {last_seq} of {latest}, buffer {}", self.capacity);
         assert_eq!(opened.first_seq, want_first_seq);
-        let replayed: Vec<u64> = opened.replay.iter().map(|(s, _)| *s).collect();
+        let replayed: Vec<u64> = opened.replay.iter().map(|e| e.seq).collect();
         let want: Vec<u64> = (want_first..=latest).collect();
         assert_eq!(replayed, want, "replay after {last_seq} of {latest}, buffer {}", self.capacity);
         {
@@ -227,10 +228,11 @@ impl World {
             self.next_tag += 1;
             let ev =
                 NewEvent { ty: EventType::AgentMessage, run_id: "r_prop".into(), ts_ms: 1, data: json!({"tag": tag}) };
-            let (seq, text) = self.store.append(&sid, ev).await.expect("append");
+            let stored = self.store.append(&sid, ev).await.expect("append");
+            let seq = stored.seq;
             assert_eq!(seq, self.latest() + 1, "seq contiguous from 1 per session");
             self.history.push(tag);
-            self.check_event(&(seq, text));
+            self.check_event(&stored);
             if let Some(conn) = self.conn.as_mut()
                 && !overflowed
             {
@@ -268,7 +270,7 @@ impl World {
     async fn stored(&self, seq: u64) -> Option<StoredEvent> {
         let sid = self.session.as_ref()?;
         let history = self.store.read_after(sid, seq.checked_sub(1)?).await.ok()?;
-        history.events.into_iter().find(|(s, _)| *s == seq)
+        history.events.into_iter().find(|e| e.seq == seq)
     }
 
     async fn redeliver(&mut self, back: u8) {
@@ -291,7 +293,7 @@ impl World {
         }
         let Some(ev) = self.stored(seq).await else { return };
         let out = self.conn.as_mut().unwrap().sub.accept(ev).await;
-        let got: Vec<u64> = out.iter().map(|(s, _)| *s).collect();
+        let got: Vec<u64> = out.iter().map(|e| e.seq).collect();
         assert_eq!(got, (from + 1..=seq).collect::<Vec<_>>(), "the gap is read from the store, in order");
         self.deliver(&out);
     }

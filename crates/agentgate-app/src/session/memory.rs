@@ -10,7 +10,7 @@ use agentgate_protocol::{EventFrame, id};
 
 use super::Owner;
 use super::hub::Hub;
-use super::store::{BoxFuture, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent};
+use super::store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent};
 
 #[derive(Debug)]
 struct State {
@@ -80,14 +80,14 @@ impl MemoryStore {
         let seq = st.next_seq;
         st.next_seq += 1;
         let frame = EventFrame { ty: event.ty, seq, run_id: event.run_id, ts_ms: event.ts_ms, data: event.data };
-        let text: Arc<str> = serde_json::to_string(&frame).unwrap_or_default().into();
+        let stored = Arc::new(Event { seq, text: serde_json::to_string(&frame).unwrap_or_default().into_boxed_str() });
         if st.buffer.len() == self.capacity {
             st.buffer.pop_front();
         }
-        st.buffer.push_back((seq, Arc::clone(&text)));
+        st.buffer.push_back(Arc::clone(&stored));
         // Still under the session's lock: publication order is seq order.
-        self.hub.deliver(session_id, (seq, Arc::clone(&text)));
-        Ok((seq, text))
+        self.hub.deliver(session_id, Arc::clone(&stored));
+        Ok(stored)
     }
 }
 
@@ -120,10 +120,7 @@ impl SessionStore for MemoryStore {
     fn read_after(&self, session_id: &str, after: u64) -> BoxFuture<'_, Result<History, StoreError>> {
         let result = self.live(session_id).map(|entry| {
             let st = entry.lock();
-            History {
-                events: st.buffer.iter().filter(|(s, _)| *s > after).cloned().collect(),
-                last_seq: st.next_seq - 1,
-            }
+            History { events: st.buffer.iter().filter(|e| e.seq > after).cloned().collect(), last_seq: st.next_seq - 1 }
         });
         Box::pin(async move { result })
     }

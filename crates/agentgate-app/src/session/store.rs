@@ -42,7 +42,18 @@ pub struct NewEvent {
 }
 
 /// An event as stored: its seq and its exact JSON text (the `seq` is inside).
-pub type StoredEvent = (u64, Arc<str>);
+#[derive(Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The session seq.
+    pub seq: u64,
+    /// The event frame's JSON text.
+    pub text: Box<str>,
+}
+
+/// A stored event, shared (not copied) by the buffer and every queue it is delivered
+/// to. One word wide: tokio's bounded channel allocates its first block of slots up
+/// front, so the slot size is part of what every idle connection costs.
+pub type StoredEvent = Arc<Event>;
 
 /// Events after a seq, from the buffer.
 #[derive(Debug, Clone, Default)]

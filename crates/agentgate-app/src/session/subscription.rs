@@ -108,14 +108,14 @@ impl Subscription {
                 return Err(e);
             }
         };
-        let (start, first_seq) = resume_point(last_seq, history.events.first().map(|e| e.0), history.last_seq);
+        let (start, first_seq) = resume_point(last_seq, history.events.first().map(|e| e.seq), history.last_seq);
         if first_seq.is_some() {
             resume_error = Some("history_truncated");
         }
         let mut cursor = Cursor::after(start);
-        let replay: Vec<StoredEvent> = history.events.into_iter().filter(|(s, _)| *s > start).collect();
-        if let Some((last, _)) = replay.last() {
-            cursor.advance(*last);
+        let replay: Vec<StoredEvent> = history.events.into_iter().filter(|e| e.seq > start).collect();
+        if let Some(last) = replay.last() {
+            cursor.advance(last.seq);
         }
         let opened = Opened { session_id: session_id.clone(), resumed, resume_error, first_seq, replay };
         Ok((Self { session_id, store, hub, holder, cursor, events, kicked }, opened))
@@ -134,21 +134,22 @@ impl Subscription {
     /// Turn one live event into what to send now: nothing for a duplicate, the event
     /// itself when it is the next one, or the missing events (read from the store)
     /// followed by it.
-    pub async fn accept(&mut self, (seq, text): StoredEvent) -> Vec<StoredEvent> {
+    pub async fn accept(&mut self, event: StoredEvent) -> Vec<StoredEvent> {
+        let seq = event.seq;
         match self.cursor.step(seq) {
             Step::Skip => Vec::new(),
             Step::Deliver => {
                 self.cursor.advance(seq);
-                vec![(seq, text)]
+                vec![event]
             }
             Step::Gap { after } => {
                 let mut out = Vec::new();
                 if let Ok(history) = self.store.read_after(&self.session_id, after).await {
-                    out.extend(history.events.into_iter().filter(|(s, _)| *s < seq));
+                    out.extend(history.events.into_iter().filter(|e| e.seq < seq));
                 }
-                out.push((seq, text));
-                if let Some((last, _)) = out.last() {
-                    self.cursor.advance(*last);
+                out.push(event);
+                if let Some(last) = out.last() {
+                    self.cursor.advance(last.seq);
                 }
                 out
             }
