@@ -94,6 +94,17 @@ pub struct Trace {
     pub key: Option<(Option<String>, String)>,
     /// The API key that matched.
     pub api_key: Option<String>,
+    /// Whether to record at all: handshakes verify without a trace, so the decoded
+    /// header and claims are not copied on the hot path.
+    record: bool,
+}
+
+impl Trace {
+    fn note_issuer(&mut self, issuer: &Issuer) {
+        if self.record {
+            self.issuer = Some(issuer.name.clone());
+        }
+    }
 }
 
 /// Verifies credentials against configured issuers and API keys.
@@ -137,12 +148,12 @@ impl Authenticator {
     /// # Errors
     /// An [`AuthError`] with the exact reason code.
     pub fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
-        self.verify_traced(token, now).0
+        self.classify(token, now, &mut Trace::default())
     }
 
     /// Verify, and say what was seen on the way.
     pub fn verify_traced(&self, token: &str, now: i64) -> (Result<Principal, AuthError>, Trace) {
-        let mut trace = Trace::default();
+        let mut trace = Trace { record: true, ..Trace::default() };
         let result = self.classify(token, now, &mut trace);
         (result, trace)
     }
@@ -188,7 +199,9 @@ impl Authenticator {
                  mint a real token with `agentgate token mint` or use a configured API key",
             ));
         };
-        trace.api_key = Some(key.name.clone());
+        if trace.record {
+            trace.api_key = Some(key.name.clone());
+        }
         let principal = Principal {
             subject: key.subject.clone(),
             tenant: key.tenant.clone(),
@@ -220,9 +233,13 @@ impl Authenticator {
             _ => return Err(AuthError::new(TokenMalformed, "a JWT has three dot-separated parts")),
         };
         let header = decode_object(h64, "header")?;
-        trace.header = Some(header.clone());
+        if trace.record {
+            trace.header = Some(header.clone());
+        }
         let claims = decode_object(p64, "payload")?;
-        trace.claims = Some(claims.clone());
+        if trace.record {
+            trace.claims = Some(claims.clone());
+        }
         if header.contains_key("crit") {
             // RFC 7515 4.1.11: extensions listed in `crit` must be understood; agentgate
             // implements none, so such a token cannot be verified safely.
@@ -262,7 +279,7 @@ impl Authenticator {
                     format!("no configured key has kid {:?}; the server holds kids {:?}", truncate(kid, 64), held),
                 ));
             };
-            trace.issuer = Some(issuer.name.clone());
+            trace.note_issuer(issuer);
             let keys = issuer.keys();
             let Some(key) = keys.iter().find(|k| k.kid.as_deref() == Some(kid)) else {
                 return Err(AuthError::new(KeyUnknown, "the key was rotated away during verification"));
@@ -272,7 +289,7 @@ impl Authenticator {
             (Arc::clone(issuer), key.clone())
         } else if let Some(issuer) = iss.and_then(|iss| self.issuers.iter().find(|i| i.issuer.as_deref() == Some(iss)))
         {
-            trace.issuer = Some(issuer.name.clone());
+            trace.note_issuer(issuer);
             if !issuer.algorithms.contains(&alg) {
                 return Err(alg_not_allowed(issuer, alg));
             }
@@ -315,10 +332,12 @@ impl Authenticator {
             let Some(chosen) = chosen else {
                 return Err(sig_invalid(None));
             };
-            trace.issuer = Some(chosen.0.name.clone());
+            trace.note_issuer(&chosen.0);
             chosen
         };
-        trace.key = Some((key.kid.clone(), key.fingerprint.clone()));
+        if trace.record {
+            trace.key = Some((key.kid.clone(), key.fingerprint.clone()));
+        }
 
         // Step 4: claims, in order.
         self.check_claims(&issuer, &claims, now, token)
