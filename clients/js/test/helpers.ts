@@ -154,11 +154,12 @@ export interface Proxy {
   resume(): void;
   freeze(): void;
   refuse(on: boolean): void;
+  setUpstream(addr: string): void;
   close(): Promise<void>;
 }
 
 export async function startProxy(upstream: string): Promise<Proxy> {
-  const [host, portText] = [upstream.slice(0, upstream.lastIndexOf(":")), upstream.slice(upstream.lastIndexOf(":") + 1)];
+  let target = upstream;
   const pairs = new Set<{ a: net.Socket; b: net.Socket | null; frozen: boolean }>();
   let paused = false;
   let refusing = false;
@@ -180,7 +181,8 @@ export async function startProxy(upstream: string): Promise<Proxy> {
     a.pause();
     const go = () => {
       if (a.destroyed) return;
-      const b = net.connect(Number(portText), host);
+      const i = target.lastIndexOf(":");
+      const b = net.connect(Number(target.slice(i + 1)), target.slice(0, i));
       pair.b = b;
       b.on("error", () => a.destroy());
       b.on("close", () => a.destroy());
@@ -223,6 +225,9 @@ export async function startProxy(upstream: string): Promise<Proxy> {
     },
     refuse(on: boolean) {
       refusing = on;
+    },
+    setUpstream(addr: string) {
+      target = addr;
     },
     close: async () => {
       p.cut();
