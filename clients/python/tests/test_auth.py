@@ -141,12 +141,13 @@ async def test_nothing_logged_or_raised_contains_the_token(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     token = agentgate_gateway.mint("secretive")
-    for transport in ("header", "query", "subprotocol", "ticket"):
+    transports: tuple[ag.Transport, ...] = ("header", "query", "subprotocol", "ticket")
+    for transport in transports:
         async with ag.connect(agentgate_gateway.url, token, transport=transport) as conn:
             run = await conn.start_run("demo", {"prompt": "x"})
             await run.result()
     expired = agentgate_gateway.mint(ttl=-60)
-    for transport in ("header", "query", "ticket"):
+    for transport in transports[:2] + transports[3:]:
         with pytest.raises(ag.Unauthorized) as info:
             await ag.connect(agentgate_gateway.url, expired, transport=transport)
         assert expired not in str(info.value) and expired not in repr(info.value)
@@ -159,7 +160,8 @@ async def test_wss_with_ssl_context(agentgate_gateway: Gateway, pki: TlsPki) -> 
     proxy = await TlsProxy(agentgate_gateway.addr, pki.server_context()).start()
     try:
         url = f"wss://127.0.0.1:{proxy.port}/v1/ws"
-        for transport in ("header", "ticket"):
+        tls_transports: tuple[ag.Transport, ...] = ("header", "ticket")
+        for transport in tls_transports:
             async with ag.connect(
                 url, agentgate_gateway.mint(), ssl=pki.client_context(), transport=transport
             ) as conn:

@@ -45,6 +45,10 @@ START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 
 
+#: An HTTP opener that ignores proxy variables: the test gateway is on 127.0.0.1.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class GatewayError(RuntimeError):
     """The test gateway could not be found, configured or started."""
 
@@ -237,7 +241,7 @@ class Gateway:
             headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        with _DIRECT.open(req, timeout=10) as resp:
             if resp.status != 200:
                 raise GatewayError(f"revocation answered HTTP {resp.status}")
 
@@ -270,6 +274,21 @@ class Gateway:
         self.stop()
 
 
+def _wait_healthy(addr: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait until ``/healthz`` answers, so that the gateway serves (and handles SIGTERM)."""
+    url = f"http://{addr}/healthz"
+    while True:
+        try:
+            with _DIRECT.open(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise GatewayError(f"the gateway at {addr} does not answer /healthz")
+        time.sleep(0.02)
+
+
 def start_gateway(extra_toml: str = "", *, binary: str | None = None) -> Gateway:
     """Start the real gateway on ``127.0.0.1:0`` with one HS256 issuer ``test`` (fresh
     random secret), ``extra_toml`` parsed and merged over that configuration (its keys
@@ -281,6 +300,7 @@ def start_gateway(extra_toml: str = "", *, binary: str | None = None) -> Gateway
     binary = binary or find_binary()
     directory = tempfile.TemporaryDirectory(prefix="agentgate-test-")
     root = Path(directory.name)
+    process: subprocess.Popen[bytes] | None = None
     try:
         secret = secrets.token_hex(32)
         secret_path = root / "hs256.secret"
@@ -332,13 +352,15 @@ def start_gateway(extra_toml: str = "", *, binary: str | None = None) -> Gateway
                 )
             time.sleep(0.02)
         if not addr:
-            process.kill()
-            process.wait()
             raise GatewayError(
                 f"the gateway ({binary}) did not write its address within "
                 f"{START_TIMEOUT_S:g} s; its output:\n{log_path.read_text('utf-8', 'replace')}"
             )
+        _wait_healthy(addr, process, deadline)
     except BaseException:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
         directory.cleanup()
         raise
     return Gateway(
