@@ -263,18 +263,36 @@ fn every_error_code_is_in_errors_md_and_every_code_there_exists() {
     println!("{} error codes, each documented once", real.len());
 }
 
-/// A clone of the repository holds no `../shared`: its docs must not link there.
+/// README.md still links `../shared` (its owner is rewriting those lines). Set this to
+/// `false` when it no longer does; the test fails while it says `true` and the README is
+/// already clean, so the README joins the checked pages as soon as it can.
+const README_LINKS_PENDING: bool = true;
+
+/// A clone of the repository holds no `../shared`: its pages must not point there, and
+/// every relative link must resolve to a file of the repository.
 #[test]
 fn docs_link_only_files_in_the_repository() {
     let dir = repo_file("docs");
-    let mut pages = 0;
-    for entry in std::fs::read_dir(&dir).expect("docs/ exists") {
-        let path = entry.expect("a docs/ entry").path();
-        if path.extension().and_then(|e| e.to_str()) != Some("md") {
-            continue;
-        }
-        pages += 1;
-        let text = std::fs::read_to_string(&path).expect("a readable page");
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("docs/ exists")
+        .map(|e| e.expect("a docs/ entry").path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("md"))
+        .collect();
+    assert!(pages.len() >= 5, "only {} pages under docs/", pages.len());
+    let readme = repo_file("README.md");
+    let readme_text = std::fs::read_to_string(&readme).expect("README.md");
+    if README_LINKS_PENDING {
+        assert!(
+            readme_text.contains("../shared"),
+            "README.md no longer links ../shared: set README_LINKS_PENDING = false in {}",
+            file!()
+        );
+    } else {
+        pages.push(readme);
+    }
+    for path in &pages {
+        let base = path.parent().expect("a page has a directory");
+        let text = std::fs::read_to_string(path).expect("a readable page");
         for (n, line) in text.lines().enumerate() {
             assert!(
                 !line.contains("../shared") && !line.contains("/work/shared"),
@@ -289,7 +307,7 @@ fn docs_link_only_files_in_the_repository() {
                 }
                 let file = target.split('#').next().unwrap_or(target);
                 assert!(
-                    dir.join(file).exists(),
+                    base.join(file).exists(),
                     "{}:{}: links {target}, which is not in the repository",
                     path.display(),
                     n + 1
@@ -300,7 +318,6 @@ fn docs_link_only_files_in_the_repository() {
     for required in ["protocol.md", "configuration.md", "operations.md", "scaling.md", "errors.md"] {
         assert!(dir.join(required).is_file(), "docs/{required} is missing");
     }
-    assert!(pages >= 5, "only {pages} pages under docs/");
 }
 
 /// The Redis backend is being implemented by another change; until it lands the loader
