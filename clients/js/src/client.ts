@@ -144,16 +144,11 @@ export class Run implements AsyncIterable<AgentEvent> {
     this.wake();
   }
 
-  /** @internal The run can no longer be followed: the error is raised once the events before it are read. */
+  /** @internal The run can no longer be followed: the error is raised at once in every iterator and by result(). */
   _fail(err: AgentgateError): void {
     if (this.terminal || this.error) return;
     this.error = err;
     this.wake();
-  }
-
-  /** @internal */
-  get _open(): boolean {
-    return !this.terminal && !this.error;
   }
 
   private wake(): void {
@@ -173,6 +168,11 @@ export class Run implements AsyncIterable<AgentEvent> {
       next: async (): Promise<IteratorResult<AgentEvent>> => {
         for (;;) {
           if (ended) return { value: undefined, done: true };
+          // An error is raised at once: events not yet read are not yielded after it.
+          if (this.error) {
+            ended = true;
+            throw this.error;
+          }
           const ev = this.events[i];
           if (ev) {
             i += 1;
@@ -181,10 +181,6 @@ export class Run implements AsyncIterable<AgentEvent> {
           if (this.terminal) {
             ended = true;
             return { value: undefined, done: true };
-          }
-          if (this.error) {
-            ended = true;
-            throw this.error;
           }
           await this.wait();
         }
