@@ -90,6 +90,7 @@ export interface ConnectOptions {
 const TERMINAL = new Set(["agent_completed", "agent_failed", "run_cancelled"]);
 const BACKOFF_BASE_MS = 200;
 const BACKOFF_CAP_MS = 10_000;
+const MAX_OTHER_EVENTS = 10_000;
 const TRANSPORTS: readonly Transport[] = ["header", "subprotocol", "query", "first_message", "ticket"];
 
 type Json = Record<string, unknown>;
@@ -275,6 +276,9 @@ export class Connection {
   private readonly pending = new Map<string, Pending>();
   private queue: Queued[] = [];
   private readonly runs = new Map<string, Run>();
+  /** Events of runs this connection did not start (a resumed session's replay), for `run(runId)`. */
+  private readonly others = new Map<string, { events: AgentEvent[]; error: AgentgateError | null }>();
+  private othersCount = 0;
   private nextRef = 0;
   private finalError: AgentgateError | null = null;
   private closeNotified = false;
@@ -599,6 +603,8 @@ export class Connection {
         );
         for (const run of this.runs.values()) run._fail(err);
         this.runs.clear();
+        this.others.clear();
+        this.othersCount = 0;
       } else if (this.resumeError === "history_truncated") {
         const first = typeof w.first_seq === "number" ? ` (replay starts at seq ${w.first_seq}, after ${this.lastSeq})` : "";
         const err = new AgentgateError({
@@ -610,6 +616,10 @@ export class Connection {
         });
         for (const run of this.runs.values()) run._fail(err);
         this.runs.clear();
+        for (const o of this.others.values()) {
+          const last = o.events[o.events.length - 1];
+          if (!o.error && !(last && TERMINAL.has(last.type))) o.error = err;
+        }
       }
     }
     const link = this.link;
@@ -715,7 +725,9 @@ export class Connection {
   private onEvent(ev: AgentEvent): void {
     if (!Number.isFinite(ev.seq) || ev.seq <= this.lastSeq) return; // never twice
     this.lastSeq = ev.seq;
-    this.runs.get(ev.runId)?._push(ev);
+    const run = this.runs.get(ev.runId);
+    if (run) run._push(ev);
+    else this.keepOther(ev);
     if (TERMINAL.has(ev.type)) {
       this.runs.delete(ev.runId);
       for (const [ref, p] of this.pending) {
@@ -726,6 +738,50 @@ export class Connection {
         }
       }
     }
+  }
+
+  /** Keep an event of a run this connection did not start (bounded: the oldest runs go first). */
+  private keepOther(ev: AgentEvent): void {
+    let o = this.others.get(ev.runId);
+    if (!o) {
+      o = { events: [], error: null };
+      this.others.set(ev.runId, o);
+    }
+    if (o.error) return;
+    o.events.push(ev);
+    this.othersCount += 1;
+    while (this.othersCount > MAX_OTHER_EVENTS) {
+      const oldest = this.others.keys().next();
+      if (oldest.done) break;
+      this.othersCount -= this.others.get(oldest.value)?.events.length ?? 0;
+      this.others.delete(oldest.value);
+    }
+  }
+
+  /**
+   * Follow a run this connection did not start, typically one of a session resumed with
+   * `connect({ sessionId, lastSeq })` after a page reload: the returned Run yields the
+   * run's events received on this connection (the replay after `lastSeq`) and the ones
+   * that follow. It knows nothing of events at or before `lastSeq`; `getRun` tells how
+   * a run ended.
+   */
+  run(runId: string): Run {
+    if (typeof runId !== "string" || !runId) throw new TypeError("run: runId must be a non-empty string");
+    const known = this.runs.get(runId);
+    if (known) return known;
+    const run = new Run(runId);
+    const o = this.others.get(runId);
+    if (o) {
+      this.others.delete(runId);
+      this.othersCount -= o.events.length;
+      for (const ev of o.events) run._push(ev);
+      if (o.error) run._fail(o.error);
+    }
+    if (this.finalError) run._fail(this.finalError);
+    else if (this.state === "closed") run._fail(this.closedByCaller());
+    const last = o?.events[o.events.length - 1];
+    if (!(last && TERMINAL.has(last.type)) && !o?.error && this.state !== "closed") this.runs.set(runId, run);
+    return run;
   }
 
   /** The link ended (after its welcome): reconnect, or fail for good. */

@@ -231,6 +231,46 @@ describe("resume failures", () => {
     }
   });
 
+  test("reconnection attempts refused with HTTP 429 are counted as failed attempts and retried", async () => {
+    const gw = await startGateway("[limits]\nhandshakes_per_ip_per_s = 1\n");
+    const proxy = await startProxy(gw.addr);
+    try {
+      const token = gw.mint({ sub: "busy" });
+      const welcomes: Welcome[] = [];
+      const closes: Array<AgentgateError | null> = [];
+      const conn = await connect({ url: proxy.url, token, on: { reconnect: (w) => welcomes.push(w), close: (e) => closes.push(e) } });
+      proxy.pause();
+      proxy.cut();
+      // Spend this address's handshake budget (burst 2), so that the held attempt is refused 429.
+      let refused = 0;
+      for (let i = 0; i < 4; i++) {
+        const e = await connect({ url: gw.url }).then(
+          () => null,
+          (err: unknown) => err,
+        );
+        if (e instanceof AgentgateError && e.code === "rate_limited") {
+          assert.equal(e.status, 429);
+          assert.equal(e.kind, "unavailable");
+          refused += 1;
+        }
+      }
+      assert.ok(refused >= 1, "the handshake budget was not spent");
+      const before = proxy.connections;
+      proxy.resume();
+      await until(() => welcomes.length === 1 || closes.length === 1, 15_000, "a reconnection");
+      assert.deepEqual(closes, []);
+      assert.ok(proxy.connections - before >= 1, "refused attempts were retried");
+      assert.match(gw.log(), /rate_limited/);
+      assert.equal(welcomes[0]?.resumed, true);
+      const run = await conn.startRun("demo", { prompt: "x" });
+      assert.equal((await run.result()).type, "agent_completed");
+      await conn.close();
+    } finally {
+      await proxy.close();
+      await gw.stop();
+    }
+  });
+
   test("close 1012 (SIGTERM) reconnects, here to a new gateway that answers session_not_found", async () => {
     const a = await startGateway();
     const b = await startGateway("", "");

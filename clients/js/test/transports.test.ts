@@ -66,6 +66,31 @@ describe("credential transports", () => {
     assert.equal(principal.subject, "bob");
   });
 
+  test("first_message resumes with the session fields in the auth frame", async () => {
+    const token = fm.mint({ sub: "dora" });
+    const a = await connect({ url: fm.url, token, transport: "first_message" });
+    const run = await a.startRun("demo", { prompt: "a b c" });
+    await run.result();
+    const sessionId = a.sessionId;
+    await a.close();
+    const b = await connect({ url: fm.url, token, transport: "first_message", sessionId, lastSeq: 2 });
+    assert.equal(b.sessionId, sessionId);
+    assert.equal(b.resumed, true);
+    assert.equal(b.resumeError, null);
+    // Events 3.. are replayed; run(runId) follows a run this connection did not start.
+    const again: AgentEvent[] = [];
+    for await (const ev of b.run(run.runId)) again.push(ev);
+    assert.deepEqual(
+      again.map((e) => e.seq),
+      [3, 4, 5, 6],
+    );
+    assert.equal(again[3]?.type, "agent_completed");
+    assert.equal(b.lastSeq, 6);
+    const state = await b.getRun(run.runId);
+    assert.equal(state.status, "completed");
+    await b.close();
+  });
+
   test("the default transport in Node is the header", async () => {
     const conn = await connect({ url: gw.url, token: gw.mint() });
     assert.equal((conn.principal as { via: string }).via, "jwt:test");
