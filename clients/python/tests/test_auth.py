@@ -140,6 +140,8 @@ async def test_nothing_logged_or_raised_contains_the_token(
     agentgate_gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="agentgate_client.transport")
+    caplog.set_level(logging.DEBUG, logger="websockets")
     token = agentgate_gateway.mint("secretive")
     transports: tuple[ag.Transport, ...] = ("header", "query", "subprotocol", "ticket")
     for transport in transports:

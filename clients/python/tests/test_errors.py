@@ -283,3 +283,17 @@ async def test_run_cancelled(agentgate_gateway: Gateway) -> None:
         with pytest.raises(ag.RequestError) as rinfo:
             await conn.cancel_run(run.run_id)
         assert rinfo.value.code == "run_not_found"
+
+
+async def test_network_error_dropped_during_handshake() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ag.NetworkError):
+            await ag.connect(f"ws://127.0.0.1:{port}/v1/ws", "tok")
+    finally:
+        server.close()

@@ -284,3 +284,56 @@ async def test_connect_with_unknown_session_starts_a_new_one(agentgate_gateway: 
             "session_not_found",
             0,
         )
+
+
+async def test_reconnection_refused_429_is_retried(
+    agentgate_gateway_factory: GatewayFactory, cut_proxy: ProxyFactory
+) -> None:
+    gw = agentgate_gateway_factory("limits.connections_per_principal = 2")
+    proxy = await cut_proxy(gw.addr)
+    token = gw.mint("capped")
+    async with ag.connect(proxy.url, token, max_retries=12) as conn:
+        run = await conn.start_run("demo", {"prompt": "a b c", "delay_ms": 300})
+        proxy.hold()
+        proxy.cut()
+        await asyncio.sleep(0.5)  # the gateway frees the slot of the cut connection
+        others = [await ag.connect(gw.url, token) for _ in range(2)]  # both slots taken
+        with pytest.raises(ag.Unavailable):
+            await ag.connect(gw.url, token)
+        proxy.release()  # the held attempt is refused 429, and retried
+        await asyncio.sleep(0.6)
+        assert conn.reconnections == 0
+        await others.pop().close()
+        events = [e async for e in run]
+        assert_exactly_once(events)
+        assert conn.reconnections == 1
+        assert proxy.accepted >= 3
+        for other in others:
+            await other.close()
+
+
+async def test_server_restart_1012_reconnects(
+    agentgate_gateway_factory: GatewayFactory, cut_proxy: ProxyFactory
+) -> None:
+    first = agentgate_gateway_factory("")
+    # a second gateway that verifies the first one's tokens (extra_toml's keys win)
+    second = agentgate_gateway_factory(
+        f'[[auth.jwt]]\nname = "test"\nalgorithms = ["HS256"]\nsecret = "{first.secret}"'
+    )
+    proxy = await cut_proxy(first.addr)
+    async with ag.connect(proxy.url, token_provider=lambda: first.mint("restarted")) as conn:
+        old_session = conn.session_id
+        run = await conn.start_run("demo", {"prompt": "a b", "delay_ms": 2000})
+        host, port = second.addr.rsplit(":", 1)
+        proxy.upstream = (host, int(port))
+        await asyncio.to_thread(first.stop)  # SIGTERM: close 1012 server_restart
+        # the run ended node_shutdown before the close, or its session is gone (memory
+        # backend): either way the client reconnected to the second gateway
+        with pytest.raises((ag.RunFailed, ag.ProtocolError)) as info:
+            await run.result()
+        assert info.value.code in ("node_shutdown", "session_not_found")
+        again = await conn.start_run("demo", {"prompt": "on the second gateway"})
+        assert (await again.result()).type == "agent_completed"
+        assert conn.reconnections == 1
+        assert conn.session_id != old_session
+        assert (conn.resumed, conn.resume_error) == (False, "session_not_found")

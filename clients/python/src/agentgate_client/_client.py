@@ -21,7 +21,6 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
-    InvalidMessage,
     InvalidStatus,
     WebSocketException,
 )
@@ -61,10 +60,17 @@ _MAX_FRAME = 64 * 1024 * 1024
 
 log = logging.getLogger("agentgate_client")
 
-# The websockets library logs request headers (with the bearer token) at DEBUG level.
-# Its connections get this logger, which never passes DEBUG records on.
-_transport_log = logging.getLogger("agentgate_client.transport")
-_transport_log.setLevel(logging.WARNING)
+
+class _NoDebugAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The websockets library logs handshake headers (a bearer token) and frames (an
+    ``auth`` or ``auth.refresh`` token) at DEBUG and INFO level. Its connections get this
+    logger, which never emits below WARNING, whatever the logging configuration."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.WARNING and self.logger.isEnabledFor(level)
+
+
+_transport_log = _NoDebugAdapter(logging.getLogger("agentgate_client.transport"), {})
 
 
 @dataclass(frozen=True)
@@ -440,7 +446,7 @@ class Connection:
                 f"TLS with {self.endpoint} failed: {excerpt(str(reason))}; check the "
                 "certificate, or pass ssl= a context that trusts the gateway's CA"
             )
-        if isinstance(e, InvalidMessage):
+        if isinstance(e, InvalidHandshake) and isinstance(e.__cause__, (EOFError, OSError)):
             return NetworkError(
                 f"{self.endpoint} dropped the connection during the handshake; "
                 "check that the gateway is up and speaks HTTP on this port"
