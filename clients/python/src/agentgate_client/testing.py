@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -237,7 +238,7 @@ class Gateway:
         admin = self.mint("test-admin", scopes=("admin",), ttl=60)
         req = urllib.request.Request(  # noqa: S310 (http to the local test gateway)
             f"{self.http_url}/v1/admin/revoke",
-            data=('{"jti":"' + jti + '"}').encode(),
+            data=json.dumps({"jti": jti}).encode(),
             headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
             method="POST",
         )
