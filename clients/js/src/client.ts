@@ -408,11 +408,22 @@ export class Connection {
           message: "the tokenProvider returned no token (not a non-empty string); return the bearer token as a string",
         });
       }
-      this.secrets.add(t);
+      this.remember(t);
       return t;
     }
-    if (this.opts.token) this.secrets.add(this.opts.token);
+    if (this.opts.token) this.remember(this.opts.token);
     return this.opts.token;
+  }
+
+  /** Credentials this connection used lately, kept only to keep them out of error messages. */
+  private remember(secret: string): void {
+    this.secrets.delete(secret);
+    this.secrets.add(secret);
+    while (this.secrets.size > 16) {
+      const oldest = this.secrets.values().next();
+      if (oldest.done) break;
+      this.secrets.delete(oldest.value);
+    }
   }
 
   /** One attempt: token, ticket, handshake and welcome, within the open timeout. */
@@ -489,7 +500,7 @@ export class Connection {
             }
             throw e;
           }
-          this.secrets.add(ticket);
+          this.remember(ticket);
           if (settled) return;
           u.searchParams.set("ticket", ticket);
         }
