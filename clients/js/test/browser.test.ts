@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { chromium, type Browser, type Page } from "playwright-core";
-import { PKG_DIR, REPO_DIR, startGateway, type Gateway } from "./helpers.js";
+import { PKG_DIR, REPO_DIR, sleep, startGateway, startProxy, type Gateway } from "./helpers.js";
 
 const CHROMIUM = process.env["CHROMIUM"] || "/usr/bin/chromium";
 export const SCREENSHOT = join(REPO_DIR, "target", "screenshots", "js-example-page.png");
@@ -212,6 +212,51 @@ describe("headless Chromium", () => {
     assert.equal(r.ok, false);
     assert.equal(r.name, "TypeError");
     assert.match(r.message ?? "", /subprotocol/);
+  });
+
+  test("a run iterated in the page across a cut connection yields every event exactly once", async () => {
+    const proxy = await startProxy(gw.addr);
+    try {
+      await page.evaluate(
+        async ({ url, token }) => {
+          // eslint-disable-next-line @typescript-eslint/no-explicit-any
+          const w = window as any;
+          w.cut = { events: [], reconnects: 0, error: null, done: false };
+          const conn = await w.ag.connect({ url, token, on: { reconnect: () => (w.cut.reconnects += 1) } });
+          const run = await conn.startRun("demo", { prompt: "cut me in the browser", delay_ms: 400 });
+          (async () => {
+            try {
+              for await (const ev of run) w.cut.events.push({ seq: ev.seq, type: ev.type });
+            } catch (e) {
+              w.cut.error = String(e);
+            }
+            w.cut.done = true;
+            await conn.close();
+          })();
+        },
+        { url: proxy.url, token: gw.mint({ sub: "page-cut" }) },
+      );
+      type Cut = { events: Array<{ seq: number; type: string }>; reconnects: number; error: string | null; done: boolean };
+      const state = () => page.evaluate(() => (window as unknown as { cut: Cut }).cut);
+      const waitFor = async (cond: (c: Cut) => boolean, ms: number, what: string) => {
+        const deadline = Date.now() + ms;
+        for (;;) {
+          const c = await state();
+          if (cond(c)) return c;
+          if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(c)}`);
+          await sleep(50);
+        }
+      };
+      await waitFor((c) => c.events.length >= 2, 10_000, "two events in the page");
+      proxy.cut();
+      const r = await waitFor((c) => c.done, 20_000, "the end of the run in the page");
+      assert.equal(r.error, null);
+      assert.equal(r.reconnects, 1);
+      assert.deepEqual(r.events.map((e) => e.seq), [1, 2, 3, 4, 5, 6]);
+      assert.equal(r.events[5]?.type, "agent_completed");
+    } finally {
+      await proxy.close();
+    }
   });
 
   test("the example page shows a run's events live (screenshot in target/screenshots)", async (t) => {
