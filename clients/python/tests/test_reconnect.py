@@ -9,6 +9,7 @@ from conftest import ProxyFactory
 from helpers import GatewayFactory
 
 import agentgate_client as ag
+from agentgate_client import _client as client_module
 from agentgate_client.testing import Gateway
 
 
@@ -337,3 +338,25 @@ async def test_server_restart_1012_reconnects(
         assert conn.reconnections == 1
         assert conn.session_id != old_session
         assert (conn.resumed, conn.resume_error) == (False, "session_not_found")
+
+
+async def test_backoff_is_full_jitter_capped(
+    agentgate_gateway: Gateway, cut_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bounds: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        bounds.append((low, high))
+        return 0.0
+
+    monkeypatch.setattr(client_module.random, "uniform", uniform)
+    proxy = await cut_proxy(agentgate_gateway.addr)
+    conn = await ag.connect(proxy.url, agentgate_gateway.mint())
+    await proxy.stop()
+    await asyncio.sleep(0.3)  # the reader sees the drop; refused attempts follow
+    with pytest.raises(ag.NetworkError) as info:
+        await conn.get_run("r_x")  # waits for the reconnection, then raises its failure
+    assert "cannot connect" in str(info.value)
+    expected = [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10, 10]  # 0.2 * 2**n, capped at 10
+    assert bounds == [(0, high) for high in expected]
+    await conn.close()

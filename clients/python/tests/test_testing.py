@@ -94,6 +94,9 @@ def test_gateway_stop_is_sigterm() -> None:
     assert gw.running
     assert gw.stop() == 0
     assert not gw.running
+    assert "listening" in gw.log_text()
+    assert "\x1b" not in gw.log_text()
+    assert gw.stop() == 0  # twice is fine
 
 
 def test_bad_extra_toml_is_an_error() -> None:

@@ -217,6 +217,7 @@ class Gateway:
         self.config_path = config_path
         self.log_path = log_path
         self._directory = directory
+        self._final_log: str | None = None
 
     def __repr__(self) -> str:
         return f"Gateway(url={self.url!r}, pid={self.process.pid})"
@@ -226,7 +227,10 @@ class Gateway:
         return mint_token(self.secret, sub=sub, **kwargs)
 
     def log_text(self) -> str:
-        """Everything the gateway wrote to stdout and stderr so far."""
+        """Everything the gateway wrote to stdout and stderr so far (after ``stop()``:
+        everything it wrote)."""
+        if self._final_log is not None:
+            return self._final_log
         try:
             return self.log_path.read_text("utf-8", "replace")
         except FileNotFoundError:
@@ -260,7 +264,9 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._directory.cleanup()
+        if self._final_log is None:
+            self._final_log = self.log_text()
+            self._directory.cleanup()
         return proc.returncode
 
     def __enter__(self) -> Gateway:
@@ -328,6 +334,7 @@ def start_gateway(extra_toml: str = "", *, binary: str | None = None) -> Gateway
             k: v for k, v in os.environ.items() if not (k.startswith("AGENTGATE_") and "__" in k)
         }
         env["AGENTGATE_HOME"] = str(root / "home")
+        env["NO_COLOR"] = "1"  # log_text() is plain text
         log_path = root / "gateway.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
