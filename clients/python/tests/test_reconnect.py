@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 from conftest import ProxyFactory
 from helpers import GatewayFactory
 
 import agentgate_client as ag
-from agentgate_client import _client as client_module
 from agentgate_client.testing import Gateway
 
 
@@ -349,7 +349,7 @@ async def test_backoff_is_full_jitter_capped(
         bounds.append((low, high))
         return 0.0
 
-    monkeypatch.setattr(client_module.random, "uniform", uniform)
+    monkeypatch.setattr(random, "uniform", uniform)
     proxy = await cut_proxy(agentgate_gateway.addr)
     conn = await ag.connect(proxy.url, agentgate_gateway.mint())
     await proxy.stop()
