@@ -82,11 +82,14 @@ async def collect(run: ag.Run) -> list[ag.Event]:
     return [e async for e in run]
 
 
-async def test_ticket_transport_fetches_a_fresh_ticket_per_reconnection(
-    agentgate_gateway: Gateway, cut_proxy: ProxyFactory
+@pytest.mark.parametrize("transport", ["ticket", "first_message", "subprotocol", "query"])
+async def test_every_transport_resumes_across_a_cut(
+    agentgate_gateway_factory: GatewayFactory, cut_proxy: ProxyFactory, transport: ag.Transport
 ) -> None:
-    proxy = await cut_proxy(agentgate_gateway.addr)
-    async with ag.connect(proxy.url, agentgate_gateway.mint(), transport="ticket") as conn:
+    # with "ticket", a fresh single-use ticket is fetched for the reconnection
+    gw = agentgate_gateway_factory("auth.first_message = true")
+    proxy = await cut_proxy(gw.addr)
+    async with ag.connect(proxy.url, gw.mint(), transport=transport) as conn:
         run = await conn.start_run("demo", {"prompt": "x y", "delay_ms": 150})
         events = []
         async for event in run:
@@ -94,8 +97,9 @@ async def test_ticket_transport_fetches_a_fresh_ticket_per_reconnection(
             if len(events) == 2:
                 proxy.cut()
         assert_exactly_once(events)
-        assert conn.reconnections == 1
-        assert conn.principal is not None and conn.principal["via"] == "ticket:jwt:test"
+        assert conn.reconnections == 1 and conn.resumed
+        via = "ticket:jwt:test" if transport == "ticket" else "jwt:test"
+        assert conn.principal is not None and conn.principal["via"] == via
 
 
 async def test_request_in_flight_raises_the_drop_error(
