@@ -83,7 +83,9 @@ def test_gateway_fixture_object(agentgate_gateway: Gateway) -> None:
 
 
 def test_factory_config_wins(agentgate_gateway_factory: GatewayFactory) -> None:
-    gw = agentgate_gateway_factory('[server]\nallowed_origins = ["https://a.example"]')
+    gw = agentgate_gateway_factory(
+        '[server]\nallowed_origins = ["https://a.example"]\naddr_file = "elsewhere.addr"'
+    )
     assert gw.config["server"]["allowed_origins"] == ["https://a.example"]
     assert gw.config["server"]["listen"] == "127.0.0.1:0"
     assert gw.running

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -210,8 +211,9 @@ class Gateway:
     ) -> None:
         self.process = process
         self.addr = addr
-        self.url = f"ws://{addr}/v1/ws"
-        self.http_url = f"http://{addr}"
+        tls = bool(config.get("server", {}).get("tls_cert_file"))
+        self.url = f"{'wss' if tls else 'ws'}://{addr}/v1/ws"
+        self.http_url = f"{'https' if tls else 'http'}://{addr}"
         self.secret = secret
         self.config = config
         self.config_path = config_path
@@ -281,18 +283,27 @@ class Gateway:
         self.stop()
 
 
-def _wait_healthy(addr: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
     """Wait until ``/healthz`` answers, so that the gateway serves (and handles SIGTERM)."""
-    url = f"http://{addr}/healthz"
+    url = f"{base_url}/healthz"
+    opener = _DIRECT
+    if url.startswith("https:"):
+        # liveness only: the certificate is the test's own, checked by the tests themselves
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
     while True:
         try:
-            with _DIRECT.open(url, timeout=2) as resp:
+            with opener.open(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            raise GatewayError(f"the gateway at {addr} does not answer /healthz")
+            raise GatewayError(f"the gateway at {base_url} does not answer /healthz")
         time.sleep(0.02)
 
 
@@ -328,6 +339,8 @@ def start_gateway(extra_toml: str = "", *, binary: str | None = None) -> Gateway
             },
         }
         config = deep_merge(base, extra)
+        # extra_toml may move the address file; it is relative to the gateway's cwd (root)
+        addr_path = root / str(config.get("server", {}).get("addr_file", addr_path))
         config_path = root / "agentgate.toml"
         config_path.write_text(to_toml(config), "utf-8")
         env = {
@@ -364,7 +377,8 @@ def start_gateway(extra_toml: str = "", *, binary: str | None = None) -> Gateway
                 f"the gateway ({binary}) did not write its address within "
                 f"{START_TIMEOUT_S:g} s; its output:\n{log_path.read_text('utf-8', 'replace')}"
             )
-        _wait_healthy(addr, process, deadline)
+        tls = bool(config.get("server", {}).get("tls_cert_file"))
+        _wait_healthy(f"{'https' if tls else 'http'}://{addr}", process, deadline)
     except BaseException:
         if process is not None and process.poll() is None:
             process.kill()
