@@ -7,11 +7,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 venv="$repo/target/py-venv"
 examples="$repo/examples/python"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[dev]"
+"$venv/bin/python" -m pip install --quiet -e "$here[dev]"
 
 if [[ -z "${AGENTGATE_BIN:-}" ]]; then
     (cd "$repo" && cargo build -p agentgate)
@@ -37,5 +38,5 @@ echo "== pytest (AGENTGATE_BIN=$AGENTGATE_BIN)"
 echo "== fresh install: pip install clients/python pytest; pytest examples/python"
 fresh="$repo/target/py-fresh"
 python3 -m venv --clear "$fresh"
-"$fresh/bin/python" -m pip install --quiet --disable-pip-version-check "$here" pytest
+"$fresh/bin/python" -m pip install --quiet "$here" pytest
 (cd "$examples" && "$fresh/bin/pytest" -p no:cacheprovider test_with_agentgate.py)
