@@ -297,3 +297,28 @@ async def test_network_error_dropped_during_handshake() -> None:
             await ag.connect(f"ws://127.0.0.1:{port}/v1/ws", "tok")
     finally:
         server.close()
+
+
+async def test_redirect_is_not_followed(agentgate_gateway: Gateway) -> None:
+    """A 3xx is an unexpected reply: the credential never follows a redirect."""
+    requests: list[bytes] = []
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        location = agentgate_gateway.url.replace("ws://", "http://")
+        writer.write(
+            f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ag.ProtocolError) as info:
+            await ag.connect(f"ws://127.0.0.1:{port}/v1/ws", agentgate_gateway.mint())
+        assert info.value.status == 307
+        assert len(requests) == 1
+    finally:
+        server.close()

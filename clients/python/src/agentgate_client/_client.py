@@ -73,6 +73,16 @@ class _NoDebugAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 _transport_log = _NoDebugAdapter(logging.getLogger("agentgate_client.transport"), {})
 
 
+class _NoRedirectConnect(ws_connect):
+    """websockets' connect without following redirects: the gateway never redirects, and
+    a redirect would carry the credential (a subprotocol or query token, or with
+    websockets < 14 the Authorization header) to wherever it points. A 3xx is an
+    unexpected reply: ProtocolError."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 @dataclass(frozen=True)
 class Event:
     """One agent event, as the gateway sent it (PROTOCOL.md section 6)."""
@@ -400,7 +410,7 @@ class Connection:
             kwargs["ssl"] = self._ssl or ssl_module.create_default_context()
         ws: ClientConnection | None = None
         try:
-            ws = await ws_connect(
+            ws = await _NoRedirectConnect(
                 self._url(query),
                 additional_headers=headers or None,
                 subprotocols=subprotocols,
