@@ -53,10 +53,21 @@ pub(crate) async fn tickets(
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let Some(ticket) = app.tickets.issue(principal.clone(), origin.clone()) else {
-        let mut r = Rejection::new(ErrorCode::RateLimited, "too many live tickets; retry shortly", &request_id);
-        r.retry_after_s = Some(1);
-        return refuse(&app, r, remote, origin.as_deref());
+    let ticket = match app.tickets.issue(&principal, origin.clone()).await {
+        Ok(t) => t,
+        Err(e) => {
+            let mut r = if app.backend.health.check().is_err() {
+                Rejection::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("the shared backend is unreachable ({e}); retry shortly"),
+                    &request_id,
+                )
+            } else {
+                Rejection::new(ErrorCode::RateLimited, "too many live tickets; retry shortly", &request_id)
+            };
+            r.retry_after_s = Some(1);
+            return refuse(&app, r, remote, origin.as_deref());
+        }
     };
     tracing::info!(
         request_id = %request_id,
@@ -100,8 +111,12 @@ pub(crate) async fn revoke(
             return refuse(&app, Rejection::new(ErrorCode::ProtocolError, m, &request_id), remote, origin.as_deref());
         }
     };
-    if !app.revocations.revoke(request.clone()) {
-        let r = Rejection::new(ErrorCode::ServiceUnavailable, "the revocation list is full", &request_id);
+    if let Err(e) = app.backend.revocations.add(request.clone()).await {
+        let r = Rejection::new(
+            ErrorCode::ServiceUnavailable,
+            format!("the revocation could not be recorded ({e}); retry"),
+            &request_id,
+        );
         return refuse(&app, r, remote, origin.as_deref());
     }
     let what = match &request {

@@ -122,6 +122,53 @@ pub struct RunsConfig {
     pub orphan_timeout: Duration,
 }
 
+/// `backend.kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// One node, state in memory.
+    Memory,
+    /// Any number of nodes sharing one Redis.
+    Redis,
+}
+
+/// `[backend]`.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Which backend.
+    pub kind: BackendKind,
+    /// `redis://` or `rediss://` URL (may hold a password: never log it; see
+    /// [`BackendConfig::redis_url_redacted`]).
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// Events held per node while the backend is unreachable.
+    pub outage_buffer_events: usize,
+}
+
+impl BackendConfig {
+    /// The Redis URL with any password replaced by `***`, for logs and messages.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// `scheme://user:password@host` -> `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let user = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -204,6 +251,8 @@ pub struct Config {
     pub jwks: Vec<Arc<JwksSource>>,
     /// `[mcp]`.
     pub mcp: McpConfig,
+    /// `[backend]`.
+    pub backend: BackendConfig,
 }
 
 impl Config {
@@ -267,13 +316,19 @@ impl Config {
         positive(f.limits.connections_per_principal, "limits.connections_per_principal")?;
         positive(f.auth.first_message_timeout_ms, "auth.first_message_timeout_ms")?;
         positive(f.auth.ticket_ttl_s, "auth.ticket_ttl_s")?;
-        match f.backend.kind.as_str() {
-            "memory" => {}
+        let backend_kind = match f.backend.kind.as_str() {
+            "memory" => BackendKind::Memory,
             "redis" => {
-                return Err(ConfigError::new(
-                    "backend.kind",
-                    "the redis backend is not available in this build yet; use \"memory\" (see docs/out-of-scope.md)",
-                ));
+                if !(f.backend.redis_url.starts_with("redis://") || f.backend.redis_url.starts_with("rediss://")) {
+                    return Err(ConfigError::new(
+                        "backend.redis_url",
+                        format!(
+                            "{:?} is not a Redis URL; use redis://[user:password@]host:port[/db] or rediss:// for TLS",
+                            redact_url(&f.backend.redis_url)
+                        ),
+                    ));
+                }
+                BackendKind::Redis
             }
             other => {
                 return Err(ConfigError::new(
@@ -281,7 +336,9 @@ impl Config {
                     format!("{other:?} is not a backend; use \"memory\" or \"redis\""),
                 ));
             }
-        }
+        };
+        positive(f.backend.outage_buffer_events, "backend.outage_buffer_events")?;
+        positive(f.runs.orphan_timeout_s, "runs.orphan_timeout_s")?;
         if f.backend.redis_prefix.is_empty() {
             return Err(ConfigError::new("backend.redis_prefix", "must not be empty"));
         }
@@ -482,6 +539,12 @@ impl Config {
                 connections_per_principal: usize::try_from(f.limits.connections_per_principal).unwrap_or(usize::MAX),
                 messages_per_s: clamp_u32(f.limits.messages_per_s),
                 runs_per_principal: usize::try_from(f.limits.runs_per_principal).unwrap_or(usize::MAX),
+            },
+            backend: BackendConfig {
+                kind: backend_kind,
+                redis_url: f.backend.redis_url,
+                redis_prefix: f.backend.redis_prefix,
+                outage_buffer_events: usize::try_from(f.backend.outage_buffer_events).unwrap_or(usize::MAX),
             },
             agents,
             dev_key,

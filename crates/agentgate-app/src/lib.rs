@@ -19,6 +19,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod credentials;

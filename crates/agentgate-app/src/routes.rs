@@ -63,7 +63,16 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
-    checks.insert("memory".into(), json!("ok"));
+    let backend = &app.backend.health;
+    match backend.check() {
+        Ok(()) => {
+            checks.insert(backend.name().into(), json!("ok"));
+        }
+        Err(e) => {
+            checks.insert(backend.name().into(), json!(e));
+            ready = false;
+        }
+    }
     if app.is_shutting_down() {
         checks.insert("shutdown".into(), json!("the node is shutting down"));
         ready = false;
@@ -144,6 +153,7 @@ async fn decide(
 ) -> Result<Start, Rejection> {
     let ip_slot = admit_ip(app, remote, request_id)?;
     check_origin(app, origin, request_id)?;
+    check_backend(app, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Agent, app.config.auth.query_token)
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
     let resume = resume_params(query).map_err(|m| Rejection::new(ErrorCode::ProtocolError, m, request_id))?;
@@ -208,6 +218,20 @@ pub(crate) fn check_origin(app: &AppState, origin: Option<&str>, request_id: &st
     }
 }
 
+/// The shared backend must be reachable: while it is not, new handshakes are refused
+/// `service_unavailable` (live connections stay).
+pub(crate) fn check_backend(app: &AppState, request_id: &str) -> Result<(), Rejection> {
+    app.backend.health.check().map_err(|e| {
+        let mut r = Rejection::new(
+            ErrorCode::ServiceUnavailable,
+            format!("the shared backend ({}) is unreachable: {e}; retry shortly", app.backend.health.name()),
+            request_id,
+        );
+        r.retry_after_s = Some(1);
+        r
+    })
+}
+
 /// Verify a credential (a token, an API key, or a ticket) into its principal.
 pub(crate) async fn principal_of(
     app: &AppState,
@@ -217,7 +241,7 @@ pub(crate) async fn principal_of(
 ) -> Result<Principal, Rejection> {
     let fp = Some(agentgate_auth::fingerprint(credential.value.as_bytes()));
     if credential.transport == credentials::Transport::Ticket {
-        ticket_principal(app, &credential.value, origin)
+        ticket_principal(app, &credential.value, origin).await
     } else {
         app.verify(&credential.value).await.map_err(|e| (e.code(), e.message().to_owned()))
     }
@@ -226,8 +250,12 @@ pub(crate) async fn principal_of(
 
 /// Use a ticket: its principal (with `via` `ticket:<via>`), re-checked for revocation
 /// and expiry, which may have happened since it was issued.
-fn ticket_principal(app: &AppState, ticket: &str, origin: Option<&str>) -> Result<Principal, (ErrorCode, String)> {
-    let mut p = app.tickets.consume(ticket, origin)?;
+async fn ticket_principal(
+    app: &AppState,
+    ticket: &str,
+    origin: Option<&str>,
+) -> Result<Principal, (ErrorCode, String)> {
+    let mut p = app.tickets.consume(ticket, origin).await?;
     use agentgate_auth::Revocations;
     if app.revocations.is_revoked(p.jti.as_deref(), &p.subject, p.issued_at) {
         return Err((ErrorCode::TokenRevoked, "the credential that created this ticket has been revoked".into()));
@@ -263,7 +291,7 @@ pub(crate) async fn resume_check(
     resume: Option<&(String, u64)>,
 ) -> Result<bool, (ErrorCode, String)> {
     let Some((sid, _)) = resume else { return Ok(false) };
-    match app.store.owner(sid).await {
+    match app.backend.sessions.owner(sid).await {
         Ok(Some(owner)) if owner == Owner::of(principal) => Ok(true),
         Ok(Some(_)) => Err((ErrorCode::SessionForbidden, "that session belongs to another subject or tenant".into())),
         Ok(None) => Ok(false),

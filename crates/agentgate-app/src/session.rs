@@ -17,11 +17,11 @@ pub mod subscription;
 pub use cursor::{Cursor, Step, resume_point};
 pub use hub::{Attachment, Hub};
 pub use memory::MemoryStore;
-pub use store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent};
+pub use store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent, frame_parts};
 pub use subscription::{Opened, Resume, Subscription};
 
 /// The identity a session is bound to: subject and tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// Subject.
     pub subject: String,

@@ -65,6 +65,21 @@ impl Hub {
         }
     }
 
+    /// Close connection `conn_id` with `code` if it is the one attached to the session.
+    pub fn kick_conn(&self, session_id: &str, conn_id: u64, code: ErrorCode) {
+        let mut map = self.map();
+        if map.get(session_id).is_some_and(|a| a.conn_id == conn_id)
+            && let Some(a) = map.remove(session_id)
+        {
+            let _ = a.kick.send(Some(code));
+        }
+    }
+
+    /// The sessions attached on this node.
+    pub fn sessions(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+
     /// Hand an event to the attached connection, if any, without waiting.
     pub fn deliver(&self, session_id: &str, event: StoredEvent) {
         let mut map = self.map();

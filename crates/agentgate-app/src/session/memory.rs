@@ -1,16 +1,20 @@
-//! The in-memory session store: one node, state lost on restart. Appending assigns
-//! the seq, buffers and hands the event to the hub under one short lock with no await
-//! inside, so events of a session are published in seq order.
+//! The in-memory session store: state lost on restart. Appending assigns the seq,
+//! buffers and hands the event to the holder node's inbox under one short lock with
+//! no await inside, so events of a session are published in seq order. Several
+//! in-process nodes may share one store (the backend contract tests do).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use agentgate_protocol::{EventFrame, id};
+use agentgate_protocol::id;
 
 use super::Owner;
-use super::hub::Hub;
-use super::store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent};
+use super::store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent, frame_parts};
+use crate::backend::Inbox;
+
+/// The inboxes of the nodes sharing a memory backend.
+pub type Nodes = Mutex<HashMap<String, Arc<dyn Inbox>>>;
 
 #[derive(Debug)]
 struct State {
@@ -18,6 +22,10 @@ struct State {
     buffer: VecDeque<StoredEvent>,
     holder: Option<Holder>,
     detached_at: Option<Instant>,
+    /// Runs whose terminal event is stored.
+    ended: HashSet<String>,
+    /// Last `rseq` appended per running run.
+    run_last: HashMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -42,14 +50,14 @@ pub struct MemoryStore {
     sessions: Mutex<HashMap<String, Arc<Entry>>>,
     capacity: usize,
     resume_window: Duration,
-    hub: Arc<Hub>,
+    nodes: Arc<Nodes>,
 }
 
 impl MemoryStore {
     /// A store keeping `capacity` events per session and detached sessions for
-    /// `resume_window`, delivering live events through `hub`.
-    pub fn new(capacity: usize, resume_window: Duration, hub: Arc<Hub>) -> Self {
-        Self { sessions: Mutex::new(HashMap::new()), capacity: capacity.max(1), resume_window, hub }
+    /// `resume_window`, delivering live events to the holder's node in `nodes`.
+    pub fn new(capacity: usize, resume_window: Duration, nodes: Arc<Nodes>) -> Self {
+        Self { sessions: Mutex::new(HashMap::new()), capacity: capacity.max(1), resume_window, nodes }
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Entry>>> {
@@ -77,16 +85,36 @@ impl MemoryStore {
     fn append_now(&self, session_id: &str, event: NewEvent) -> Result<StoredEvent, StoreError> {
         let entry = self.live(session_id)?;
         let mut st = entry.lock();
+        if st.ended.contains(&event.run_id) {
+            return Err(StoreError::Duplicate);
+        }
+        if event.rseq > 0 {
+            let last = st.run_last.get(&event.run_id).copied().unwrap_or(0);
+            if event.rseq <= last {
+                return Err(StoreError::Duplicate);
+            }
+        }
         let seq = st.next_seq;
         st.next_seq += 1;
-        let frame = EventFrame { ty: event.ty, seq, run_id: event.run_id, ts_ms: event.ts_ms, data: event.data };
-        let stored = Arc::new(Event { seq, text: serde_json::to_string(&frame).unwrap_or_default().into_boxed_str() });
+        if event.ty.is_terminal() {
+            st.run_last.remove(&event.run_id);
+            st.ended.insert(event.run_id.clone());
+        } else if event.rseq > 0 {
+            st.run_last.insert(event.run_id.clone(), event.rseq);
+        }
+        let (head, tail) = frame_parts(&event);
+        let stored = Arc::new(Event { seq, text: format!("{head}{seq}{tail}").into_boxed_str() });
         if st.buffer.len() == self.capacity {
             st.buffer.pop_front();
         }
         st.buffer.push_back(Arc::clone(&stored));
         // Still under the session's lock: publication order is seq order.
-        self.hub.deliver(session_id, Arc::clone(&stored));
+        if let Some(holder) = &st.holder {
+            let inbox = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).get(&holder.node).cloned();
+            if let Some(inbox) = inbox {
+                inbox.event(session_id, Arc::clone(&stored));
+            }
+        }
         Ok(stored)
     }
 }
@@ -101,6 +129,8 @@ impl SessionStore for MemoryStore {
                 buffer: VecDeque::new(),
                 holder: None,
                 detached_at: Some(Instant::now()),
+                ended: HashSet::new(),
+                run_last: HashMap::new(),
             }),
         });
         self.map().insert(id.clone(), entry);
@@ -117,6 +147,13 @@ impl SessionStore for MemoryStore {
         Box::pin(async move { result })
     }
 
+    fn append_later(&self, session_id: &str, event: NewEvent) -> Result<(), StoreError> {
+        match self.append_now(session_id, event) {
+            Ok(_) | Err(StoreError::Duplicate) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn read_after(&self, session_id: &str, after: u64) -> BoxFuture<'_, Result<History, StoreError>> {
         let result = self.live(session_id).map(|entry| {
             let st = entry.lock();
@@ -125,13 +162,11 @@ impl SessionStore for MemoryStore {
         Box::pin(async move { result })
     }
 
-    fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<Option<Holder>, StoreError>> {
         let result = self.live(session_id).map(|entry| {
-            // A local previous holder was already closed by `Hub::attach`; with one
-            // node there is no other to tell.
             let mut st = entry.lock();
-            st.holder = Some(holder);
             st.detached_at = None;
+            st.holder.replace(holder)
         });
         Box::pin(async move { result })
     }

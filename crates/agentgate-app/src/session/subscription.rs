@@ -13,6 +13,7 @@ use super::Owner;
 use super::cursor::{Cursor, Step, resume_point};
 use super::hub::{Attachment, Hub};
 use super::store::{Holder, SessionStore, StoreError, StoredEvent};
+use crate::backend::{Backend, Signal};
 
 /// What a client asked to resume: session id and last seen seq.
 pub type Resume = Option<(String, u64)>;
@@ -53,7 +54,7 @@ impl Subscription {
     /// # Errors
     /// The store cannot be used.
     pub async fn open(
-        store: Arc<dyn SessionStore>,
+        backend: &Backend,
         hub: Arc<Hub>,
         holder: Holder,
         owner: &Owner,
@@ -61,6 +62,7 @@ impl Subscription {
         resumable: bool,
         queue: usize,
     ) -> Result<(Self, Opened), StoreError> {
+        let store = Arc::clone(&backend.sessions);
         let (tx, events) = mpsc::channel(queue.max(1));
         let (kick, kicked) = watch::channel(None);
         let mut attachment = Some(Attachment { conn_id: holder.conn_id, tx, kick });
@@ -70,7 +72,8 @@ impl Subscription {
             if resumable {
                 hub.attach(&sid, attachment.take().expect("attachment unused"));
                 match store.attach(&sid, holder.clone()).await {
-                    Ok(()) => {
+                    Ok(previous) => {
+                        take_over(backend, &sid, &holder, previous).await;
                         last_seq = last;
                         session_id = Some(sid);
                     }
@@ -97,7 +100,10 @@ impl Subscription {
                     return Err(StoreError::Unavailable("attachment lost".into()));
                 };
                 hub.attach(&sid, attachment);
-                store.attach(&sid, holder.clone()).await?;
+                if let Err(e) = store.attach(&sid, holder.clone()).await {
+                    hub.detach(&sid, holder.conn_id);
+                    return Err(e);
+                }
                 sid
             }
         };
@@ -122,6 +128,7 @@ impl Subscription {
     }
 
     /// The session id.
+    #[must_use]
     pub fn session_id(&self) -> &str {
         &self.session_id
     }
@@ -162,5 +169,19 @@ impl Subscription {
         if let Err(e) = self.store.detach(&self.session_id, self.holder.clone()).await {
             tracing::warn!(session_id = %self.session_id, error = %e, "could not detach session");
         }
+    }
+}
+
+/// The session was attached elsewhere: a holder on this node was already closed by
+/// [`Hub::attach`]; one on another node is told through the bus.
+async fn take_over(backend: &Backend, session_id: &str, me: &Holder, previous: Option<Holder>) {
+    let Some(old) = previous else { return };
+    if old.node == me.node {
+        return;
+    }
+    let signal =
+        Signal::Kick { session_id: session_id.to_owned(), conn_id: old.conn_id, code: ErrorCode::SessionTakenOver };
+    if let Err(e) = backend.bus.send(&old.node, signal).await {
+        tracing::warn!(session_id, error = %e, "could not tell the previous holder's node about the takeover");
     }
 }
