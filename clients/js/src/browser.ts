@@ -1,0 +1,28 @@
+// @agentgate/client for browsers: the page's own WebSocket and fetch; bundled into
+// dist/browser.js, one ES module with no imports. Default transport: "subprotocol".
+
+import { connectWith } from "./client.js";
+import type { Connection, ConnectOptions } from "./client.js";
+import { webPlatform } from "./web.js";
+
+export { AgentgateError } from "./errors.js";
+export type { ErrorKind } from "./errors.js";
+export { Connection, Run } from "./client.js";
+export type {
+  AgentEvent,
+  CloseListener,
+  ConnectOptions,
+  ExpiringInfo,
+  ExpiringListener,
+  Listeners,
+  ReconnectListener,
+  RunState,
+  Transport,
+  Welcome,
+} from "./client.js";
+export type { CA } from "./platform.js";
+
+/** Connect to the gateway; rejects at once (no retry) when the first connection fails. */
+export function connect(options: ConnectOptions): Promise<Connection> {
+  return connectWith(webPlatform, options, "subprotocol");
+}
