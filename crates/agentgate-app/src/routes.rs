@@ -265,7 +265,10 @@ pub(crate) async fn resume_check(
     let Some((sid, _)) = resume else { return Ok(false) };
     match app.store.owner(sid).await {
         Ok(Some(owner)) if owner == Owner::of(principal) => Ok(true),
-        Ok(Some(_)) => Err((ErrorCode::SessionForbidden, "that session belongs to another subject or tenant".into())),
+        Ok(Some(_)) => Err((
+            ErrorCode::SessionForbidden,
+            "that session belongs to another principal (issuer, subject or tenant)".into(),
+        )),
         Ok(None) => Ok(false),
         Err(e) => Err((ErrorCode::ServiceUnavailable, format!("the session backend is unreachable: {e}"))),
     }

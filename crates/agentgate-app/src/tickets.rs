@@ -93,6 +93,7 @@ mod tests {
 
     fn principal() -> Principal {
         Principal {
+            issuer: "local".into(),
             subject: "alice".into(),
             tenant: None,
             scopes: vec![],
