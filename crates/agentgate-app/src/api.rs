@@ -148,6 +148,9 @@ fn parse_revoke(body: &[u8]) -> Result<Revoke, String> {
 
 /// The request's `Origin` if allowed (`Ok(None)` without one).
 fn allowed_origin(app: &AppState, headers: &HeaderMap, request_id: &str) -> Result<Option<String>, Rejection> {
+    if headers.get_all(header::ORIGIN).iter().nth(1).is_some() {
+        return Err(Rejection::new(ErrorCode::OriginNotAllowed, "send one Origin header, not several", request_id));
+    }
     match headers.get(header::ORIGIN) {
         None => Ok(None),
         Some(v) => {
@@ -167,6 +170,7 @@ fn allowed_origin(app: &AppState, headers: &HeaderMap, request_id: &str) -> Resu
 
 /// Verify the `Authorization: Bearer` credential of an API request.
 async fn bearer_principal(app: &AppState, headers: &HeaderMap, request_id: &str) -> Result<Principal, Rejection> {
+    crate::credentials::check_header_bytes(headers).map_err(|(code, m)| Rejection::new(code, m, request_id))?;
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (first, second) = (values.next(), values.next());
     if second.is_some() {

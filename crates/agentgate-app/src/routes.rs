@@ -143,7 +143,7 @@ async fn decide(
     request_id: &str,
 ) -> Result<Start, Rejection> {
     let ip_slot = admit_ip(app, remote, request_id)?;
-    check_origin(app, origin, request_id)?;
+    check_origin(app, headers, origin, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Agent, app.config.auth.query_token)
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
     let resume = resume_params(query).map_err(|m| Rejection::new(ErrorCode::ProtocolError, m, request_id))?;
@@ -196,8 +196,17 @@ pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> 
     })
 }
 
-/// `Origin`, when present, must be allowed.
-pub(crate) fn check_origin(app: &AppState, origin: Option<&str>, request_id: &str) -> Result<(), Rejection> {
+/// `Origin`, when present, must be allowed; more than one `Origin` header is
+/// `origin_not_allowed` (PROTOCOL.md section 2), whatever the values.
+pub(crate) fn check_origin(
+    app: &AppState,
+    headers: &HeaderMap,
+    origin: Option<&str>,
+    request_id: &str,
+) -> Result<(), Rejection> {
+    if headers.get_all(ORIGIN).iter().nth(1).is_some() {
+        return Err(Rejection::new(ErrorCode::OriginNotAllowed, "send one Origin header, not several", request_id));
+    }
     match origin {
         Some(origin) if !app.config.origin_allowed(origin) => Err(Rejection::new(
             ErrorCode::OriginNotAllowed,
