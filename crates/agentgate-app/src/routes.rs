@@ -168,8 +168,10 @@ async fn decide(
     Ok(Start::Authenticated { principal: Box::new(principal), resume, resumable, slots: (ip_slot, principal_slot) })
 }
 
-/// The handshake rate and the per-IP connection count, first of all checks.
-pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<Slot<IpAddr>, Rejection> {
+/// The per-IP request bucket (`limits.handshakes_per_ip_per_s`): drawn on by every
+/// handshake and by `POST /v1/tickets` and `POST /v1/admin/revoke` (PROTOCOL.md
+/// section 8). 429 `rate_limited` with `Retry-After`.
+pub(crate) fn check_rate(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<(), Rejection> {
     if let Err(wait) = app.limits.handshake(remote.ip()) {
         let mut r = Rejection::new(
             ErrorCode::RateLimited,
@@ -182,6 +184,12 @@ pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> 
         r.retry_after_s = Some(wait.as_secs().max(1));
         return Err(r);
     }
+    Ok(())
+}
+
+/// The handshake rate and the per-IP connection count, first of all checks.
+pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<Slot<IpAddr>, Rejection> {
+    check_rate(app, remote, request_id)?;
     app.limits.per_ip.acquire(remote.ip()).ok_or_else(|| {
         let mut r = Rejection::new(
             ErrorCode::TooManyConnections,

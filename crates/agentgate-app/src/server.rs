@@ -78,7 +78,7 @@ impl AppState {
                 .with_revocations(Arc::clone(&revocations) as Arc<dyn agentgate_auth::Revocations>),
         );
         crate::metrics::handle();
-        let tickets = Tickets::new(Duration::from_secs(config.auth.ticket_ttl_s));
+        let tickets = Tickets::new(Duration::from_secs(config.auth.ticket_ttl_s), config.limits.tickets_per_principal);
         let limits = Limits::new(&config.limits);
         let mcp_processes = crate::limits::Counter::new(config.mcp.max_processes);
         let mcp_per_principal = crate::limits::Counter::new(config.mcp.max_processes_per_principal);
