@@ -2,7 +2,7 @@
 //! cancelling, answering `run.get`, and guaranteeing exactly one terminal event per
 //! run however it ends (the agent's outcome, `run.cancel`, or node shutdown).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -58,24 +58,69 @@ pub struct StartError {
     pub message: String,
 }
 
+/// One principal's runs: how many are running, and its finished runs oldest first.
+#[derive(Debug, Default)]
+struct OwnerRuns {
+    running: usize,
+    finished: VecDeque<(Instant, String)>,
+}
+
+/// The run table with its per-principal index: starting, finishing and forgetting a
+/// run touch only its principal's entry, never the whole table.
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<String, RunEntry>,
+    by_owner: HashMap<Owner, OwnerRuns>,
+}
+
+impl Table {
+    /// Forget `owner`'s finished runs past `retention` (they are at the front).
+    fn prune(&mut self, owner: &Owner, retention: Duration, now: Instant) {
+        let Some(runs) = self.by_owner.get_mut(owner) else { return };
+        while runs.finished.front().is_some_and(|(t, _)| now.duration_since(*t) >= retention) {
+            if let Some((_, id)) = runs.finished.pop_front() {
+                self.entries.remove(&id);
+            }
+        }
+        if runs.running == 0 && runs.finished.is_empty() {
+            self.by_owner.remove(owner);
+        }
+    }
+}
+
 /// All runs of this node.
 #[derive(Debug)]
 pub struct Runs {
-    entries: Mutex<HashMap<String, RunEntry>>,
+    entries: Mutex<Table>,
     retention: Duration,
+    retained_per_principal: usize,
     per_principal_limit: usize,
     shutdown: watch::Receiver<bool>,
     http: reqwest::Client,
 }
 
 impl Runs {
-    /// A registry that keeps finished runs for `retention` and ends running ones
-    /// `node_shutdown` when `shutdown` turns true.
-    pub fn new(retention: Duration, per_principal_limit: usize, shutdown: watch::Receiver<bool>) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), retention, per_principal_limit, shutdown, http: http::client() }
+    /// A registry that keeps finished runs for `retention` (at most
+    /// `retained_per_principal` per principal), allows `per_principal_limit` running
+    /// runs per principal, and ends running ones `node_shutdown` when `shutdown` turns
+    /// true.
+    pub fn new(
+        retention: Duration,
+        retained_per_principal: usize,
+        per_principal_limit: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            entries: Mutex::new(Table::default()),
+            retention,
+            retained_per_principal: retained_per_principal.max(1),
+            per_principal_limit,
+            shutdown,
+            http: http::client(),
+        }
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<String, RunEntry>> {
+    fn map(&self) -> MutexGuard<'_, Table> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -120,11 +165,12 @@ impl Runs {
         let run_id = id::run_id();
         let (cancel_tx, cancel_rx) = oneshot::channel();
         {
-            let mut map = self.map();
-            let now = Instant::now();
-            map.retain(|_, e| e.finished_at.is_none_or(|t| now.duration_since(t) < self.retention));
+            // The bound `limits.runs_per_principal` is decided here, from the
+            // principal's own index.
+            let mut table = self.map();
             let owner = Owner::of(principal);
-            let active = map.values().filter(|e| e.owner == owner && e.status == RunStatus::Running).count();
+            table.prune(&owner, self.retention, Instant::now());
+            let active = table.by_owner.get(&owner).map_or(0, |r| r.running);
             if active >= self.per_principal_limit {
                 return Err(StartError {
                     code: ErrorCode::TooManyRuns,
@@ -134,7 +180,8 @@ impl Runs {
                     ),
                 });
             }
-            map.insert(
+            table.by_owner.entry(owner.clone()).or_default().running += 1;
+            table.entries.insert(
                 run_id.clone(),
                 RunEntry {
                     owner,
@@ -157,8 +204,8 @@ impl Runs {
     /// Cancel a running run of `owner`. Returns false for an unknown, finished or
     /// foreign run.
     pub fn cancel(&self, run_id: &str, owner: &Owner) -> bool {
-        let mut map = self.map();
-        match map.get_mut(run_id) {
+        let mut table = self.map();
+        match table.entries.get_mut(run_id) {
             Some(e) if e.owner == *owner && e.status == RunStatus::Running => {
                 e.cancel.take().map(|c| c.send(()).is_ok()).unwrap_or(false)
             }
@@ -168,8 +215,8 @@ impl Runs {
 
     /// State of a run of `owner`, while known.
     pub fn get(&self, run_id: &str, owner: &Owner) -> Option<(RunStatus, Option<Value>)> {
-        let map = self.map();
-        let e = map.get(run_id)?;
+        let table = self.map();
+        let e = table.entries.get(run_id)?;
         if e.owner != *owner || e.finished_at.is_some_and(|t| t.elapsed() >= self.retention) {
             return None;
         }
@@ -179,12 +226,26 @@ impl Runs {
     /// Forget finished runs past their retention.
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.map().retain(|_, e| e.finished_at.is_none_or(|t| now.duration_since(t) < self.retention));
+        let mut table = self.map();
+        let owners: Vec<Owner> = table.by_owner.keys().cloned().collect();
+        for owner in owners {
+            table.prune(&owner, self.retention, now);
+        }
     }
 
     /// Number of running runs.
     pub fn active(&self) -> usize {
-        self.map().values().filter(|e| e.status == RunStatus::Running).count()
+        self.map().by_owner.values().map(|r| r.running).sum()
+    }
+
+    /// Runs known (running, or finished and retained).
+    pub fn len(&self) -> usize {
+        self.map().entries.len()
+    }
+
+    /// Whether no run is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A run whose session is gone (its resume window passed with nobody attached)
@@ -196,12 +257,32 @@ impl Runs {
         self.finish(run_id, RunStatus::Cancelled, terminal);
     }
 
+    /// Record a run's end. The bound `runs.retained_per_principal` is decided here:
+    /// past it, the principal's oldest finished run is forgotten.
     fn finish(&self, run_id: &str, status: RunStatus, terminal: Value) {
-        if let Some(e) = self.map().get_mut(run_id) {
-            e.status = status;
-            e.terminal = Some(terminal);
-            e.cancel = None;
-            e.finished_at = Some(Instant::now());
+        let now = Instant::now();
+        let mut table = self.map();
+        let Some(e) = table.entries.get_mut(run_id) else { return };
+        let was_running = e.status == RunStatus::Running;
+        e.status = status;
+        e.terminal = Some(terminal);
+        e.cancel = None;
+        e.finished_at = Some(now);
+        if !was_running {
+            return;
+        }
+        let owner = e.owner.clone();
+        let Some(runs) = table.by_owner.get_mut(&owner) else { return };
+        runs.running = runs.running.saturating_sub(1);
+        runs.finished.push_back((now, run_id.to_owned()));
+        let mut forgotten = Vec::new();
+        while runs.finished.len() > self.retained_per_principal {
+            if let Some((_, id)) = runs.finished.pop_front() {
+                forgotten.push(id);
+            }
+        }
+        for id in forgotten {
+            table.entries.remove(&id);
         }
     }
 }
@@ -283,5 +364,65 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(issuer: &str) -> Owner {
+        Owner { issuer: issuer.into(), subject: "alice".into(), tenant: None }
+    }
+
+    fn add(runs: &Runs, id: &str, owner: &Owner) {
+        let mut table = runs.map();
+        table.by_owner.entry(owner.clone()).or_default().running += 1;
+        let entry = RunEntry {
+            owner: owner.clone(),
+            status: RunStatus::Running,
+            terminal: None,
+            cancel: None,
+            finished_at: None,
+        };
+        table.entries.insert(id.into(), entry);
+    }
+
+    #[test]
+    fn a_principal_keeps_at_most_its_cap_of_finished_runs_oldest_forgotten_first() {
+        let (_tx, rx) = watch::channel(false);
+        let runs = Runs::new(Duration::from_secs(3600), 3, 16, rx);
+        let (a, b) = (owner("one"), owner("two"));
+        add(&runs, "r_b", &b);
+        runs.finish("r_b", RunStatus::Completed, json!({}));
+        for i in 0..5 {
+            add(&runs, &format!("r_{i}"), &a);
+            runs.finish(&format!("r_{i}"), RunStatus::Completed, json!({}));
+        }
+        for i in 0..2 {
+            assert!(runs.get(&format!("r_{i}"), &a).is_none(), "r_{i} forgotten");
+        }
+        for i in 2..5 {
+            assert_eq!(runs.get(&format!("r_{i}"), &a).map(|x| x.0), Some(RunStatus::Completed));
+        }
+        // Another issuer's alice is another principal: her run is kept and not hers to read.
+        assert!(runs.get("r_b", &b).is_some());
+        assert!(runs.get("r_b", &a).is_none());
+        assert_eq!(runs.len(), 4);
+        assert_eq!(runs.active(), 0);
+    }
+
+    #[test]
+    fn finished_runs_are_forgotten_after_retention() {
+        let (_tx, rx) = watch::channel(false);
+        let runs = Runs::new(Duration::from_millis(1), 256, 16, rx);
+        let a = owner("one");
+        add(&runs, "r_x", &a);
+        assert_eq!(runs.active(), 1);
+        runs.finish("r_x", RunStatus::Failed, json!({}));
+        std::thread::sleep(Duration::from_millis(5));
+        runs.sweep();
+        assert!(runs.is_empty());
+        assert!(runs.map().by_owner.is_empty());
     }
 }

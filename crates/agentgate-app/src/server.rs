@@ -67,7 +67,12 @@ impl AppState {
     fn new(config: Config) -> (Arc<Self>, mpsc::Receiver<()>) {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (tracker, tracked_rx) = mpsc::channel(1);
-        let runs = Arc::new(Runs::new(config.runs.retention, config.limits.runs_per_principal, shutdown_rx));
+        let runs = Arc::new(Runs::new(
+            config.runs.retention,
+            config.runs.retained_per_principal,
+            config.limits.runs_per_principal,
+            shutdown_rx,
+        ));
         let hub = Arc::new(Hub::default());
         let store: Arc<dyn SessionStore> =
             Arc::new(MemoryStore::new(config.sessions.buffer_events, config.sessions.resume_window, Arc::clone(&hub)));
