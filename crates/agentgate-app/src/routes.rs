@@ -165,6 +165,13 @@ async fn decide(
     let resumable = resume_check(app, &principal, resume.as_ref())
         .await
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone())))?;
+    if !resumable {
+        session_room(app, &principal).await.map_err(|(code, msg)| {
+            let mut r = Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone()));
+            r.retry_after_s = Some(1);
+            r
+        })?;
+    }
     Ok(Start::Authenticated { principal: Box::new(principal), resume, resumable, slots: (ip_slot, principal_slot) })
 }
 
@@ -287,6 +294,22 @@ pub(crate) async fn resume_check(
             "that session belongs to another principal (issuer, subject or tenant)".into(),
         )),
         Ok(None) => Ok(false),
+        Err(e) => Err((ErrorCode::ServiceUnavailable, format!("the session backend is unreachable: {e}"))),
+    }
+}
+
+/// Whether the principal may get a new session (`limits.sessions_per_principal`, all
+/// attached: `too_many_connections`), decided by the store that holds the sessions.
+pub(crate) async fn session_room(app: &AppState, principal: &Principal) -> Result<(), (ErrorCode, String)> {
+    match app.store.admits_new_session(&Owner::of(principal)).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err((
+            ErrorCode::TooManyConnections,
+            format!(
+                "this principal already holds {} sessions, all attached (limits.sessions_per_principal); close one",
+                app.config.limits.sessions_per_principal
+            ),
+        )),
         Err(e) => Err((ErrorCode::ServiceUnavailable, format!("the session backend is unreachable: {e}"))),
     }
 }

@@ -73,9 +73,18 @@ impl AppState {
             config.limits.runs_per_principal,
             shutdown_rx,
         ));
-        let hub = Arc::new(Hub::default());
-        let store: Arc<dyn SessionStore> =
-            Arc::new(MemoryStore::new(config.sessions.buffer_events, config.sessions.resume_window, Arc::clone(&hub)));
+        // A connection's queue holds at most this many bytes of frames (docs/security.md).
+        let queue_bytes = config.sessions.buffer_bytes.max(config.server.max_message_bytes.saturating_mul(2));
+        let hub = Arc::new(Hub::with_queue_bytes(queue_bytes));
+        let bounds = crate::session::Bounds {
+            buffer_bytes: config.sessions.buffer_bytes,
+            sessions_per_principal: config.limits.sessions_per_principal,
+            memory_limit_bytes: config.sessions.memory_limit_bytes,
+        };
+        let store: Arc<dyn SessionStore> = Arc::new(
+            MemoryStore::new(config.sessions.buffer_events, config.sessions.resume_window, Arc::clone(&hub))
+                .with_bounds(bounds),
+        );
         let revocations = Arc::new(RevocationList::default());
         let base = &config.authenticator;
         let auth = Arc::new(

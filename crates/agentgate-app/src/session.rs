@@ -16,7 +16,7 @@ pub mod subscription;
 
 pub use cursor::{Cursor, Step, resume_point};
 pub use hub::{Attachment, Hub};
-pub use memory::MemoryStore;
+pub use memory::{Bounds, MemoryStore};
 pub use store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent};
 pub use subscription::{Opened, Resume, Subscription};
 
