@@ -45,6 +45,8 @@ pub struct StoredTicket {
 /// [`agentgate_auth::Principal`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrincipalRecord {
+    /// Issuer (`name` of the JWT issuer, or `api_key`).
+    pub issuer: String,
     /// Subject.
     pub subject: String,
     /// Tenant.
@@ -66,6 +68,7 @@ pub struct PrincipalRecord {
 impl From<&agentgate_auth::Principal> for PrincipalRecord {
     fn from(p: &agentgate_auth::Principal) -> Self {
         Self {
+            issuer: p.issuer.clone(),
             subject: p.subject.clone(),
             tenant: p.tenant.clone(),
             scopes: p.scopes.clone(),
@@ -78,9 +81,17 @@ impl From<&agentgate_auth::Principal> for PrincipalRecord {
     }
 }
 
+impl PrincipalRecord {
+    /// The owner (issuer, subject, tenant) of this principal.
+    pub fn owner(&self) -> Owner {
+        Owner { issuer: self.issuer.clone(), subject: self.subject.clone(), tenant: self.tenant.clone() }
+    }
+}
+
 impl From<PrincipalRecord> for agentgate_auth::Principal {
     fn from(r: PrincipalRecord) -> Self {
         Self {
+            issuer: r.issuer,
             subject: r.subject,
             tenant: r.tenant,
             scopes: r.scopes,
@@ -95,8 +106,15 @@ impl From<PrincipalRecord> for agentgate_auth::Principal {
 
 /// One-time tickets: stored by digest, taken at most once.
 pub trait TicketStore: Send + Sync + Debug + 'static {
-    /// Store a ticket for `ttl`.
-    fn put(&self, digest: [u8; 32], ticket: StoredTicket, ttl: Duration) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Store a ticket for `ttl`, unless its principal already holds `per_principal`
+    /// live tickets ([`StoreError::TicketLimit`]); decided atomically, on any node.
+    fn put(
+        &self,
+        digest: [u8; 32],
+        ticket: StoredTicket,
+        ttl: Duration,
+        per_principal: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Take a ticket: atomically remove it and return it. Of two concurrent takes of
     /// one ticket, on any nodes, exactly one gets it.
@@ -150,6 +168,16 @@ impl RunStatus {
     }
 }
 
+/// How long, and how many, finished runs are kept (`runs.retention_s`,
+/// `runs.retained_per_principal`).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// How long a finished run is known.
+    pub ttl: Duration,
+    /// Finished runs kept per principal.
+    pub per_principal: usize,
+}
+
 /// What the registry knows of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -171,13 +199,15 @@ pub trait RunRegistry: Send + Sync + Debug + 'static {
     /// `Ok(false)` at the cap. Atomic across nodes.
     fn register(&self, run_id: &str, record: RunRecord, cap: usize) -> BoxFuture<'_, Result<bool, StoreError>>;
 
-    /// Record how a run ended; it is then known for `retention`.
+    /// Record how a run ended; it is then known for `retention.ttl`, and its
+    /// principal keeps at most `retention.per_principal` finished runs (the oldest are
+    /// forgotten first).
     fn finish(
         &self,
         run_id: &str,
         status: RunStatus,
         terminal: Value,
-        retention: Duration,
+        retention: Retention,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// A run, while known.

@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Separate metrics listener.
     pub metrics_listen: Option<String>,
+    /// A frame that cannot be written for this long closes the connection
+    /// `slow_consumer` (`server.write_timeout_s`).
+    pub write_timeout: Duration,
     /// Interval of server pings (extension key `server.heartbeat_ms`).
     pub heartbeat: Duration,
     /// Time to send the HTTP request head (extension key `server.handshake_timeout_ms`).
@@ -111,6 +114,11 @@ pub struct SessionsConfig {
     pub resume_window: Duration,
     /// Events kept per session.
     pub buffer_events: usize,
+    /// Bytes of event frame JSON kept per session (always at least the newest event).
+    pub buffer_bytes: usize,
+    /// Memory backend: buffered event bytes of the whole node; past it the oldest
+    /// detached sessions are dropped.
+    pub memory_limit_bytes: usize,
 }
 
 /// `[runs]`.
@@ -118,6 +126,8 @@ pub struct SessionsConfig {
 pub struct RunsConfig {
     /// How long a finished run is known.
     pub retention: Duration,
+    /// Finished runs kept per principal (the oldest are forgotten first).
+    pub retained_per_principal: usize,
     /// Dead-node run cleanup bound.
     pub orphan_timeout: Duration,
 }
@@ -182,6 +192,10 @@ pub struct LimitsConfig {
     pub messages_per_s: u32,
     /// Concurrent runs per principal.
     pub runs_per_principal: usize,
+    /// Sessions (attached or detached) per principal.
+    pub sessions_per_principal: usize,
+    /// Live tickets per principal.
+    pub tickets_per_principal: usize,
 }
 
 /// One `[[agents]]` entry.
@@ -309,6 +323,12 @@ impl Config {
         positive(f.server.heartbeat_ms, "server.heartbeat_ms")?;
         positive(f.server.handshake_timeout_ms, "server.handshake_timeout_ms")?;
         positive(f.sessions.buffer_events, "sessions.buffer_events")?;
+        positive(f.server.write_timeout_s, "server.write_timeout_s")?;
+        positive(f.sessions.buffer_bytes, "sessions.buffer_bytes")?;
+        positive(f.sessions.memory_limit_bytes, "sessions.memory_limit_bytes")?;
+        positive(f.runs.retained_per_principal, "runs.retained_per_principal")?;
+        positive(f.limits.sessions_per_principal, "limits.sessions_per_principal")?;
+        positive(f.limits.tickets_per_principal, "limits.tickets_per_principal")?;
         positive(f.limits.messages_per_s, "limits.messages_per_s")?;
         positive(f.limits.runs_per_principal, "limits.runs_per_principal")?;
         positive(f.limits.handshakes_per_ip_per_s, "limits.handshakes_per_ip_per_s")?;
@@ -513,6 +533,7 @@ impl Config {
                 max_message_bytes: usize::try_from(f.server.max_message_bytes).unwrap_or(usize::MAX),
                 shutdown_grace: Duration::from_secs(f.server.shutdown_grace_s),
                 metrics_listen: f.server.metrics_listen,
+                write_timeout: Duration::from_secs(f.server.write_timeout_s),
                 heartbeat: Duration::from_millis(f.server.heartbeat_ms),
                 handshake_timeout: Duration::from_millis(f.server.handshake_timeout_ms),
             },
@@ -528,9 +549,12 @@ impl Config {
             sessions: SessionsConfig {
                 resume_window: Duration::from_secs(f.sessions.resume_window_s),
                 buffer_events: usize::try_from(f.sessions.buffer_events).unwrap_or(usize::MAX),
+                buffer_bytes: usize::try_from(f.sessions.buffer_bytes).unwrap_or(usize::MAX),
+                memory_limit_bytes: usize::try_from(f.sessions.memory_limit_bytes).unwrap_or(usize::MAX),
             },
             runs: RunsConfig {
                 retention: Duration::from_secs(f.runs.retention_s),
+                retained_per_principal: usize::try_from(f.runs.retained_per_principal).unwrap_or(usize::MAX),
                 orphan_timeout: Duration::from_secs(f.runs.orphan_timeout_s),
             },
             limits: LimitsConfig {
@@ -539,6 +563,8 @@ impl Config {
                 connections_per_principal: usize::try_from(f.limits.connections_per_principal).unwrap_or(usize::MAX),
                 messages_per_s: clamp_u32(f.limits.messages_per_s),
                 runs_per_principal: usize::try_from(f.limits.runs_per_principal).unwrap_or(usize::MAX),
+                sessions_per_principal: usize::try_from(f.limits.sessions_per_principal).unwrap_or(usize::MAX),
+                tickets_per_principal: usize::try_from(f.limits.tickets_per_principal).unwrap_or(usize::MAX),
             },
             backend: BackendConfig {
                 kind: backend_kind,

@@ -96,7 +96,11 @@ pub(crate) fn run(
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(conn_id, request_id = %request_id, error = %e, "cannot attach a session");
-                close(&mut socket, ErrorCode::ServiceUnavailable).await;
+                let code = match e {
+                    crate::session::StoreError::SessionLimit(_) => ErrorCode::TooManyConnections,
+                    _ => ErrorCode::ServiceUnavailable,
+                };
+                close(&mut socket, code).await;
                 return;
             }
         };

@@ -25,6 +25,7 @@ pub mod connection;
 pub mod credentials;
 pub mod doctor;
 pub mod error;
+pub mod head_limit;
 pub mod jwks;
 pub mod limits;
 pub mod mcp;

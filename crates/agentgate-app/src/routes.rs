@@ -152,7 +152,7 @@ async fn decide(
     request_id: &str,
 ) -> Result<Start, Rejection> {
     let ip_slot = admit_ip(app, remote, request_id)?;
-    check_origin(app, origin, request_id)?;
+    check_origin(app, headers, origin, request_id)?;
     check_backend(app, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Agent, app.config.auth.query_token)
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
@@ -175,11 +175,20 @@ async fn decide(
     let resumable = resume_check(app, &principal, resume.as_ref())
         .await
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone())))?;
+    if !resumable {
+        session_room(app, &principal).await.map_err(|(code, msg)| {
+            let mut r = Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone()));
+            r.retry_after_s = Some(1);
+            r
+        })?;
+    }
     Ok(Start::Authenticated { principal: Box::new(principal), resume, resumable, slots: (ip_slot, principal_slot) })
 }
 
-/// The handshake rate and the per-IP connection count, first of all checks.
-pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<Slot<IpAddr>, Rejection> {
+/// The per-IP request bucket (`limits.handshakes_per_ip_per_s`): drawn on by every
+/// handshake and by `POST /v1/tickets` and `POST /v1/admin/revoke` (PROTOCOL.md
+/// section 8). 429 `rate_limited` with `Retry-After`.
+pub(crate) fn check_rate(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<(), Rejection> {
     if let Err(wait) = app.limits.handshake(remote.ip()) {
         let mut r = Rejection::new(
             ErrorCode::RateLimited,
@@ -192,6 +201,12 @@ pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> 
         r.retry_after_s = Some(wait.as_secs().max(1));
         return Err(r);
     }
+    Ok(())
+}
+
+/// The handshake rate and the per-IP connection count, first of all checks.
+pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<Slot<IpAddr>, Rejection> {
+    check_rate(app, remote, request_id)?;
     app.limits.per_ip.acquire(remote.ip()).ok_or_else(|| {
         let mut r = Rejection::new(
             ErrorCode::TooManyConnections,
@@ -206,8 +221,17 @@ pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> 
     })
 }
 
-/// `Origin`, when present, must be allowed.
-pub(crate) fn check_origin(app: &AppState, origin: Option<&str>, request_id: &str) -> Result<(), Rejection> {
+/// `Origin`, when present, must be allowed; more than one `Origin` header is
+/// `origin_not_allowed` (PROTOCOL.md section 2), whatever the values.
+pub(crate) fn check_origin(
+    app: &AppState,
+    headers: &HeaderMap,
+    origin: Option<&str>,
+    request_id: &str,
+) -> Result<(), Rejection> {
+    if headers.get_all(ORIGIN).iter().nth(1).is_some() {
+        return Err(Rejection::new(ErrorCode::OriginNotAllowed, "send one Origin header, not several", request_id));
+    }
     match origin {
         Some(origin) if !app.config.origin_allowed(origin) => Err(Rejection::new(
             ErrorCode::OriginNotAllowed,
@@ -293,8 +317,27 @@ pub(crate) async fn resume_check(
     let Some((sid, _)) = resume else { return Ok(false) };
     match app.backend.sessions.owner(sid).await {
         Ok(Some(owner)) if owner == Owner::of(principal) => Ok(true),
-        Ok(Some(_)) => Err((ErrorCode::SessionForbidden, "that session belongs to another subject or tenant".into())),
+        Ok(Some(_)) => Err((
+            ErrorCode::SessionForbidden,
+            "that session belongs to another principal (issuer, subject or tenant)".into(),
+        )),
         Ok(None) => Ok(false),
+        Err(e) => Err((ErrorCode::ServiceUnavailable, format!("the session backend is unreachable: {e}"))),
+    }
+}
+
+/// Whether the principal may get a new session (`limits.sessions_per_principal`, all
+/// attached: `too_many_connections`), decided by the store that holds the sessions.
+pub(crate) async fn session_room(app: &AppState, principal: &Principal) -> Result<(), (ErrorCode, String)> {
+    match app.backend.sessions.admits_new_session(&Owner::of(principal)).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err((
+            ErrorCode::TooManyConnections,
+            format!(
+                "this principal already holds {} sessions, all attached (limits.sessions_per_principal); close one",
+                app.config.limits.sessions_per_principal
+            ),
+        )),
         Err(e) => Err((ErrorCode::ServiceUnavailable, format!("the session backend is unreachable: {e}"))),
     }
 }

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use agentgate_protocol::{ErrorCode, EventType, id};
 use serde_json::{Map, Value, json};
@@ -15,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agents::{Outcome, RunSink, demo, http};
 pub use crate::backend::RunStatus;
-use crate::backend::{Backend, RunRecord, Signal};
+use crate::backend::{Backend, Retention, RunRecord, Signal};
 use crate::config::{AgentKind, Config};
 use crate::session::{Owner, StoreError};
 use agentgate_auth::Principal;
@@ -58,7 +57,7 @@ pub struct Runs {
     control: Arc<RunControl>,
     backend: Backend,
     node: String,
-    retention: Duration,
+    retention: Retention,
     per_principal_limit: usize,
     shutdown: watch::Receiver<bool>,
     http: reqwest::Client,
@@ -81,7 +80,7 @@ impl Runs {
             control,
             backend,
             node,
-            retention: config.runs.retention,
+            retention: Retention { ttl: config.runs.retention, per_principal: config.runs.retained_per_principal },
             per_principal_limit: config.limits.runs_per_principal,
             shutdown,
             http: http::client(),

@@ -86,7 +86,9 @@ impl AppState {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (tracker, tracked_rx) = mpsc::channel(1);
         let (drivers, drivers_rx) = mpsc::channel(1);
-        let hub = Arc::new(Hub::default());
+        // A connection's queue holds at most this many bytes of frames (docs/security.md).
+        let queue_bytes = config.sessions.buffer_bytes.max(config.server.max_message_bytes.saturating_mul(2));
+        let hub = Arc::new(Hub::with_queue_bytes(queue_bytes));
         let control = Arc::new(RunControl::default());
         let revocations = Arc::new(RevocationList::default());
         let inbox: Arc<dyn Inbox> = Arc::new(LocalInbox::new(Arc::clone(&hub), Arc::clone(&control)));
@@ -103,7 +105,11 @@ impl AppState {
                 .with_revocations(Arc::clone(&revocations) as Arc<dyn agentgate_auth::Revocations>),
         );
         crate::metrics::handle();
-        let tickets = Tickets::new(Arc::clone(&backend.tickets), Duration::from_secs(config.auth.ticket_ttl_s));
+        let tickets = Tickets::new(
+            Arc::clone(&backend.tickets),
+            Duration::from_secs(config.auth.ticket_ttl_s),
+            config.limits.tickets_per_principal,
+        );
         let limits = Limits::new(&config.limits);
         let mcp_processes = crate::limits::Counter::new(config.mcp.max_processes);
         let mcp_per_principal = crate::limits::Counter::new(config.mcp.max_processes_per_principal);
@@ -300,6 +306,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).max_buf_size(MAX_HEAD_BYTES);
+            let stream = crate::head_limit::HeadLimit::new(stream, MAX_HEAD_BYTES);
             let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
             let mut conn = std::pin::pin!(conn);
             tokio::select! {

@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 use crate::backend::{StoredTicket, TicketStore};
 use crate::session::{StoreError, now_ms};
 
-/// Most tickets the memory backend holds at once; a full store first drops expired
-/// ones, then refuses.
+/// Most tickets the memory backend holds at once, whoever holds them; a full store
+/// first drops expired ones, then refuses. Each principal is held to far fewer
+/// (`limits.tickets_per_principal`), so one user cannot reach this.
 pub const MAX_TICKETS: usize = 100_000;
 
 /// Ticket policy over the backend's store: lifetime, single use, origin binding.
@@ -21,24 +22,28 @@ pub const MAX_TICKETS: usize = 100_000;
 pub struct Tickets {
     store: Arc<dyn TicketStore>,
     ttl: Duration,
+    per_principal: usize,
 }
 
 impl Tickets {
-    /// Tickets living `ttl`, kept in `store`.
-    pub fn new(store: Arc<dyn TicketStore>, ttl: Duration) -> Self {
-        Self { store, ttl }
+    /// Tickets living `ttl`, kept in `store`, at most `per_principal` live ones per
+    /// principal.
+    pub fn new(store: Arc<dyn TicketStore>, ttl: Duration, per_principal: usize) -> Self {
+        Self { store, ttl, per_principal: per_principal.max(1) }
     }
 
-    /// Issue a ticket carrying `principal`, bound to `origin` if given.
+    /// Issue a ticket carrying `principal`, bound to `origin` if given. The bound
+    /// `limits.tickets_per_principal` is enforced by the store, atomically.
     ///
     /// # Errors
-    /// The store is full or unreachable.
+    /// [`StoreError::TicketLimit`] when the principal holds its most live tickets
+    /// (`rate_limited`); the store is full or unreachable.
     pub async fn issue(&self, principal: &Principal, origin: Option<String>) -> Result<String, StoreError> {
         let ticket = id::ticket();
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let stored =
             StoredTicket { principal: principal.into(), origin, expires_at_ms: now_ms().saturating_add(ttl_ms) };
-        self.store.put(digest(&ticket), stored, self.ttl).await?;
+        self.store.put(digest(&ticket), stored, self.ttl, self.per_principal).await?;
         Ok(ticket)
     }
 
@@ -88,6 +93,7 @@ mod tests {
 
     fn principal() -> Principal {
         Principal {
+            issuer: "local".into(),
             subject: "alice".into(),
             tenant: None,
             scopes: vec![],
@@ -101,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ticket_works_once_and_only_from_its_origin() {
-        let t = Tickets::new(Arc::new(crate::backend::memory::MemoryTickets::default()), Duration::from_secs(30));
+        let t = Tickets::new(Arc::new(crate::backend::memory::MemoryTickets::default()), Duration::from_secs(30), 16);
         let a = t.issue(&principal(), None).await.unwrap();
         assert!(a.starts_with("t_"));
         assert!(t.consume(&a, Some("http://x")).await.is_ok());
@@ -110,5 +116,18 @@ mod tests {
         assert!(t.consume(&b, None).await.is_err());
         let c = t.issue(&principal(), Some("http://app".into())).await.unwrap();
         assert!(t.consume(&c, Some("http://app")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_principal_holds_at_most_its_cap_of_live_tickets() {
+        let t = Tickets::new(Arc::new(crate::backend::memory::MemoryTickets::default()), Duration::from_secs(30), 2);
+        let a = t.issue(&principal(), None).await.unwrap();
+        t.issue(&principal(), None).await.unwrap();
+        assert!(matches!(t.issue(&principal(), None).await, Err(StoreError::TicketLimit(2))));
+        let mut other = principal();
+        other.issuer = "other".into();
+        assert!(t.issue(&other, None).await.is_ok(), "another issuer's alice is another principal");
+        t.consume(&a, None).await.unwrap();
+        assert!(t.issue(&principal(), None).await.is_ok(), "a used ticket frees its place");
     }
 }

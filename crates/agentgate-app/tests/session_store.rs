@@ -355,7 +355,7 @@ fn run_case(capacity: usize, queue: usize, ops: Vec<Op>) {
             hub,
             capacity,
             queue,
-            owner: Owner { subject: "alice".into(), tenant: None },
+            owner: Owner { issuer: "local".into(), subject: "alice".into(), tenant: None },
             next_conn: 1,
             session: None,
             history: Vec::new(),

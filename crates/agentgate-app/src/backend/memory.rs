@@ -2,15 +2,15 @@
 //! [`MemoryBackend`] (each with its own inbox and revocation cache), which is how the
 //! backend contract tests exercise two-node cases without Redis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::{
-    Backend, Bus, Health, Inbox, Leave, RevocationStore, RunRecord, RunRegistry, RunStatus, Signal, StoredTicket,
-    TicketStore,
+    Backend, Bus, Health, Inbox, Leave, Retention, RevocationStore, RunRecord, RunRegistry, RunStatus, Signal,
+    StoredTicket, TicketStore,
 };
 use crate::config::Config;
 use crate::revocation::{RevocationList, Revoke};
@@ -30,15 +30,25 @@ pub struct MemoryBackend {
 impl MemoryBackend {
     /// Empty state sized by `config`.
     pub fn new(config: &Config) -> Self {
-        Self::with_sizes(config.sessions.buffer_events, config.sessions.resume_window)
+        let bounds = crate::session::Bounds {
+            buffer_bytes: config.sessions.buffer_bytes,
+            sessions_per_principal: config.limits.sessions_per_principal,
+            memory_limit_bytes: config.sessions.memory_limit_bytes,
+        };
+        Self::with_bounds(config.sessions.buffer_events, config.sessions.resume_window, bounds)
     }
 
     /// Empty state keeping `buffer_events` events per session and detached sessions
-    /// for `resume_window`.
+    /// for `resume_window`, with no other bound.
     pub fn with_sizes(buffer_events: usize, resume_window: Duration) -> Self {
+        Self::with_bounds(buffer_events, resume_window, crate::session::Bounds::default())
+    }
+
+    /// Empty state with these bounds.
+    pub fn with_bounds(buffer_events: usize, resume_window: Duration, bounds: crate::session::Bounds) -> Self {
         let nodes: Arc<Nodes> = Arc::default();
         Self {
-            sessions: Arc::new(MemoryStore::new(buffer_events, resume_window, Arc::clone(&nodes))),
+            sessions: Arc::new(MemoryStore::new(buffer_events, resume_window, Arc::clone(&nodes)).with_bounds(bounds)),
             nodes,
             tickets: Arc::default(),
             revocations: Arc::default(),
@@ -62,36 +72,88 @@ impl MemoryBackend {
     }
 }
 
-/// Tickets by digest.
+/// Tickets by digest, with each principal's live tickets (oldest first), so issuing
+/// never scans the whole store.
 #[derive(Debug, Default)]
 pub struct MemoryTickets {
-    map: Mutex<HashMap<[u8; 32], StoredTicket>>,
+    inner: Mutex<TicketsInner>,
+}
+
+#[derive(Debug, Default)]
+struct TicketsInner {
+    map: HashMap<[u8; 32], StoredTicket>,
+    by_owner: HashMap<Owner, VecDeque<([u8; 32], u64)>>,
+}
+
+impl TicketsInner {
+    /// Forget `owner`'s expired or used tickets at the front of its queue.
+    fn prune(&mut self, owner: &Owner, now: u64) {
+        let Some(queue) = self.by_owner.get_mut(owner) else { return };
+        while let Some((d, expires)) = queue.front().copied() {
+            if expires > now && self.map.contains_key(&d) {
+                break;
+            }
+            queue.pop_front();
+            if expires <= now {
+                self.map.remove(&d);
+            }
+        }
+        if queue.is_empty() {
+            self.by_owner.remove(owner);
+        }
+    }
 }
 
 impl TicketStore for MemoryTickets {
-    fn put(&self, digest: [u8; 32], ticket: StoredTicket, _ttl: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= crate::tickets::MAX_TICKETS {
-            let now = now_ms();
-            map.retain(|_, t| t.expires_at_ms > now);
-        }
-        let result = if map.len() >= crate::tickets::MAX_TICKETS {
-            Err(StoreError::Unavailable("too many live tickets".into()))
+    /// The bound `limits.tickets_per_principal` is decided here (memory backend).
+    fn put(
+        &self,
+        digest: [u8; 32],
+        ticket: StoredTicket,
+        _ttl: Duration,
+        per_principal: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let now = now_ms();
+        let owner = ticket.principal.owner();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.prune(&owner, now);
+        let live =
+            inner.by_owner.get(&owner).map_or(0, |q| q.iter().filter(|(d, _)| inner.map.contains_key(d)).count());
+        let result = if live >= per_principal {
+            Err(StoreError::TicketLimit(per_principal))
         } else {
-            map.insert(digest, ticket);
-            Ok(())
+            if inner.map.len() >= crate::tickets::MAX_TICKETS {
+                inner.map.retain(|_, t| t.expires_at_ms > now);
+            }
+            if inner.map.len() >= crate::tickets::MAX_TICKETS {
+                Err(StoreError::Unavailable("this node holds its most live tickets".into()))
+            } else {
+                inner.by_owner.entry(owner).or_default().push_back((digest, ticket.expires_at_ms));
+                inner.map.insert(digest, ticket);
+                Ok(())
+            }
         };
         Box::pin(async move { result })
     }
 
     fn take(&self, digest: [u8; 32]) -> BoxFuture<'_, Result<Option<StoredTicket>, StoreError>> {
-        let t = self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let t = inner.map.remove(&digest);
+        if let Some(t) = &t {
+            let owner = t.principal.owner();
+            inner.prune(&owner, now_ms());
+        }
         Box::pin(async move { Ok(t) })
     }
 
     fn sweep(&self) {
         let now = now_ms();
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, t| t.expires_at_ms > now);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.map.retain(|_, t| t.expires_at_ms > now);
+        let owners: Vec<Owner> = inner.by_owner.keys().cloned().collect();
+        for owner in owners {
+            inner.prune(&owner, now);
+        }
     }
 }
 
@@ -125,16 +187,42 @@ struct Run {
     forget_at: Option<Instant>,
 }
 
-/// Runs, with a count of running runs per owner (so registering never scans).
+/// Runs, with each principal's running count and finished runs (oldest first), so
+/// registering, finishing and forgetting never scan the table.
 #[derive(Debug, Default)]
 pub struct MemoryRuns {
     inner: Mutex<RunsInner>,
 }
 
 #[derive(Debug, Default)]
+struct OwnerRuns {
+    running: usize,
+    finished: VecDeque<String>,
+}
+
+#[derive(Debug, Default)]
 struct RunsInner {
     runs: HashMap<String, Run>,
-    running: HashMap<Owner, usize>,
+    by_owner: HashMap<Owner, OwnerRuns>,
+}
+
+impl RunsInner {
+    /// Forget `owner`'s finished runs past their retention (they are at the front).
+    fn prune(&mut self, owner: &Owner, now: Instant) {
+        let Some(o) = self.by_owner.get_mut(owner) else { return };
+        while let Some(id) = o.finished.front() {
+            let expired = self.runs.get(id).is_none_or(|r| r.forget_at.is_some_and(|t| t <= now));
+            if !expired {
+                break;
+            }
+            if let Some(id) = o.finished.pop_front() {
+                self.runs.remove(&id);
+            }
+        }
+        if o.running == 0 && o.finished.is_empty() {
+            self.by_owner.remove(owner);
+        }
+    }
 }
 
 impl MemoryRuns {
@@ -144,23 +232,27 @@ impl MemoryRuns {
 }
 
 impl RunRegistry for MemoryRuns {
+    /// The bound `limits.runs_per_principal` is decided here (memory backend).
     fn register(&self, run_id: &str, record: RunRecord, cap: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
         let mut inner = self.lock();
-        let n = inner.running.entry(record.owner.clone()).or_insert(0);
-        let ok = *n < cap;
+        inner.prune(&record.owner, Instant::now());
+        let o = inner.by_owner.entry(record.owner.clone()).or_default();
+        let ok = o.running < cap;
         if ok {
-            *n += 1;
+            o.running += 1;
             inner.runs.insert(run_id.to_owned(), Run { record, forget_at: None });
         }
         Box::pin(async move { Ok(ok) })
     }
 
+    /// The bound `runs.retained_per_principal` is decided here (memory backend): past
+    /// it, the principal's oldest finished run is forgotten.
     fn finish(
         &self,
         run_id: &str,
         status: RunStatus,
         terminal: Value,
-        retention: Duration,
+        retention: Retention,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let mut inner = self.lock();
         let mut ended_owner = None;
@@ -169,15 +261,22 @@ impl RunRegistry for MemoryRuns {
         {
             run.record.status = status;
             run.record.terminal = Some(terminal);
-            run.forget_at = Some(Instant::now() + retention);
+            run.forget_at = Some(Instant::now() + retention.ttl);
             ended_owner = Some(run.record.owner.clone());
         }
-        if let Some(owner) = ended_owner
-            && let Some(n) = inner.running.get_mut(&owner)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                inner.running.remove(&owner);
+        if let Some(owner) = ended_owner {
+            let mut forgotten = Vec::new();
+            if let Some(o) = inner.by_owner.get_mut(&owner) {
+                o.running = o.running.saturating_sub(1);
+                o.finished.push_back(run_id.to_owned());
+                while o.finished.len() > retention.per_principal.max(1) {
+                    if let Some(id) = o.finished.pop_front() {
+                        forgotten.push(id);
+                    }
+                }
+            }
+            for id in forgotten {
+                inner.runs.remove(&id);
             }
         }
         Box::pin(async { Ok(()) })
@@ -191,7 +290,11 @@ impl RunRegistry for MemoryRuns {
 
     fn sweep(&self) {
         let now = Instant::now();
-        self.lock().runs.retain(|_, r| r.forget_at.is_none_or(|t| t > now));
+        let mut inner = self.lock();
+        let owners: Vec<Owner> = inner.by_owner.keys().cloned().collect();
+        for owner in owners {
+            inner.prune(&owner, now);
+        }
     }
 }
 
@@ -233,5 +336,60 @@ impl Leave for MemoryLeave {
     fn leave(&self) -> BoxFuture<'_, ()> {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.node);
         Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn owner(issuer: &str) -> Owner {
+        Owner { issuer: issuer.into(), subject: "alice".into(), tenant: None }
+    }
+
+    fn record(owner: &Owner) -> RunRecord {
+        RunRecord {
+            owner: owner.clone(),
+            node: "n".into(),
+            session_id: "s".into(),
+            status: RunStatus::Running,
+            terminal: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_principal_keeps_at_most_its_cap_of_finished_runs_oldest_forgotten_first() {
+        let runs = MemoryRuns::default();
+        let keep = Retention { ttl: Duration::from_secs(3600), per_principal: 3 };
+        let (a, b) = (owner("one"), owner("two"));
+        assert!(runs.register("r_b", record(&b), 16).await.unwrap());
+        runs.finish("r_b", RunStatus::Completed, json!({}), keep).await.unwrap();
+        for i in 0..5 {
+            assert!(runs.register(&format!("r_{i}"), record(&a), 16).await.unwrap());
+            runs.finish(&format!("r_{i}"), RunStatus::Completed, json!({}), keep).await.unwrap();
+        }
+        for i in 0..2 {
+            assert!(runs.get(&format!("r_{i}")).await.unwrap().is_none(), "r_{i} forgotten");
+        }
+        for i in 2..5 {
+            assert_eq!(runs.get(&format!("r_{i}")).await.unwrap().map(|r| r.status), Some(RunStatus::Completed));
+        }
+        assert!(runs.get("r_b").await.unwrap().is_some(), "another issuer's alice keeps her run");
+    }
+
+    #[tokio::test]
+    async fn the_running_cap_is_per_principal_and_finished_runs_expire() {
+        let runs = MemoryRuns::default();
+        let a = owner("one");
+        assert!(runs.register("r_1", record(&a), 1).await.unwrap());
+        assert!(!runs.register("r_2", record(&a), 1).await.unwrap());
+        assert!(runs.register("r_3", record(&owner("two")), 1).await.unwrap());
+        let brief = Retention { ttl: Duration::from_millis(1), per_principal: 256 };
+        runs.finish("r_1", RunStatus::Failed, json!({}), brief).await.unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        runs.sweep();
+        assert!(runs.get("r_1").await.unwrap().is_none());
+        assert!(runs.register("r_4", record(&a), 1).await.unwrap());
     }
 }

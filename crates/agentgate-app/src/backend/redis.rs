@@ -41,8 +41,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Backend, Bus, Health, Inbox, Leave, RevocationStore, RunRecord, RunRegistry, RunStatus, Signal, StoredTicket,
-    TicketStore,
+    Backend, Bus, Health, Inbox, Leave, Retention, RevocationStore, RunRecord, RunRegistry, RunStatus, Signal,
+    StoredTicket, TicketStore,
 };
 use crate::config::Config;
 use crate::revocation::{RevocationList, Revoke};
@@ -136,16 +136,17 @@ return 0
 ";
 
 const REGISTER_RUN: &str = r"
--- KEYS: active set, run hash, node runs. ARGV: cap, run, owner, node, session, active key
+-- KEYS: active set, run hash, node runs. ARGV: cap, run, owner, node, session, active key, finished key
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'node', ARGV[4], 'session', ARGV[5], 'status', 'running', 'akey', ARGV[6])
+redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'node', ARGV[4], 'session', ARGV[5], 'status', 'running', 'akey', ARGV[6], 'fkey', ARGV[7])
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 ";
 
 const FINISH_RUN: &str = r"
--- KEYS: run hash. ARGV: status, terminal, retention ms, run, node runs prefix, node runs suffix
+-- KEYS: run hash. ARGV: status, terminal, retention ms, run, node runs prefix, node runs suffix,
+-- run key prefix, finished runs kept per principal
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'terminal', ARGV[2])
 local akey = redis.call('HGET', KEYS[1], 'akey')
@@ -153,6 +154,28 @@ if akey then redis.call('SREM', akey, ARGV[4]) end
 local node = redis.call('HGET', KEYS[1], 'node')
 if node then redis.call('SREM', ARGV[5] .. node .. ARGV[6], ARGV[4]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+-- runs.retained_per_principal: the principal's oldest finished runs are forgotten first.
+local fkey = redis.call('HGET', KEYS[1], 'fkey')
+if fkey then
+  redis.call('LPUSH', fkey, ARGV[4])
+  redis.call('PEXPIRE', fkey, ARGV[3])
+  while redis.call('LLEN', fkey) > tonumber(ARGV[8]) do
+    local old = redis.call('RPOP', fkey)
+    redis.call('DEL', ARGV[7] .. old)
+  end
+end
+return 1
+";
+
+const PUT_TICKET: &str = r"
+-- KEYS: ticket, the principal's live tickets (sorted set by expiry). ARGV: value, ttl ms, cap, digest
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 ";
 
@@ -192,6 +215,7 @@ struct Scripts {
     finish_run: Script,
     lease: Script,
     dead_nodes: Script,
+    put_ticket: Script,
     revoke_subject: Script,
 }
 
@@ -206,6 +230,7 @@ impl Scripts {
             finish_run: Script::new(FINISH_RUN),
             lease: Script::new(LEASE),
             dead_nodes: Script::new(DEAD_NODES),
+            put_ticket: Script::new(PUT_TICKET),
             revoke_subject: Script::new(REVOKE_SUBJECT),
         }
     }
@@ -268,6 +293,7 @@ struct Redis {
     buffer_events: usize,
     resume_window: Duration,
     orphan_timeout: Duration,
+    retention: Retention,
     outbox: mpsc::Sender<Job>,
     /// Pending outbox jobs, so `append_later` can tell a full outbox.
     outbox_capacity: usize,
@@ -322,10 +348,10 @@ impl Redis {
                 }
                 Err(StoreError::Unavailable(text))
             }
+            // A slow answer fails this call only: the pinger decides whether Redis is
+            // unreachable, so one slow call on a busy machine does not refuse handshakes.
             Err(_) => {
-                let text = format!("no answer from redis within {} ms", CALL_TIMEOUT.as_millis());
-                self.health.set(Err(text.clone()));
-                Err(StoreError::Unavailable(text))
+                Err(StoreError::Unavailable(format!("no answer from redis within {} ms", CALL_TIMEOUT.as_millis())))
             }
         }
     }
@@ -406,12 +432,26 @@ impl Redis {
         }
     }
 
+    /// Check Redis every [`PING_EVERY`]: a refused or broken connection makes the
+    /// node unready at once; slowness only after two pings in a row time out.
     async fn pinger(self: Arc<Self>) {
         let mut tick = tokio::time::interval(PING_EVERY);
+        let mut slow = 0u32;
         loop {
             tick.tick().await;
-            let r = self.ping().await;
-            self.health.set(r);
+            match self.ping().await {
+                Ok(()) => {
+                    slow = 0;
+                    self.health.set(Ok(()));
+                }
+                Err(e) if e.starts_with("no answer") => {
+                    slow += 1;
+                    if slow >= 2 {
+                        self.health.set(Err(e));
+                    }
+                }
+                Err(e) => self.health.set(Err(e)),
+            }
         }
     }
 
@@ -492,7 +532,7 @@ impl Redis {
                     Err(_) => json!({"type": "agent_failed", "run_id": run_id, "data": event.data}),
                 };
                 tracing::info!(run_id = %run_id, dead_node = %node, "run ended node_lost");
-                self.finish_now(&run_id, RunStatus::Failed, &terminal, Duration::from_secs(3600)).await?;
+                self.finish_now(&run_id, RunStatus::Failed, &terminal, self.retention).await?;
             }
             let (nodes, set) = (format!("{}nodes", self.prefix), self.node_runs(&node));
             let n = node.clone();
@@ -510,12 +550,13 @@ impl Redis {
         run_id: &str,
         status: RunStatus,
         terminal: &Value,
-        retention: Duration,
+        retention: Retention,
     ) -> Result<(), StoreError> {
         let key = self.run_key(run_id);
         let terminal = terminal.to_string();
-        let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX).max(1);
+        let retention_ms = u64::try_from(retention.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let node_prefix = format!("{}node:", self.prefix);
+        let run_prefix = format!("{}run:", self.prefix);
         self.call(|mut c| async move {
             self.scripts
                 .finish_run
@@ -526,6 +567,8 @@ impl Redis {
                 .arg(run_id)
                 .arg(node_prefix)
                 .arg(":runs")
+                .arg(run_prefix)
+                .arg(retention.per_principal.max(1))
                 .invoke_async::<i64>(&mut c)
                 .await
         })
@@ -866,16 +909,38 @@ fn seq_of(text: &str) -> Option<u64> {
 }
 
 impl TicketStore for Handle {
-    fn put(&self, digest: [u8; 32], ticket: StoredTicket, ttl: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
-        let key = format!("{}t:{}", self.0.prefix, hex::encode(digest));
+    /// The bound `limits.tickets_per_principal` is decided here (Redis backend), in
+    /// one script.
+    fn put(
+        &self,
+        digest: [u8; 32],
+        ticket: StoredTicket,
+        ttl: Duration,
+        per_principal: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let hexd = hex::encode(digest);
+        let key = format!("{}t:{hexd}", self.0.prefix);
+        let owner_key = format!("{}towner:{}", self.0.prefix, owner_digest(&ticket.principal.owner()));
         let value = serde_json::to_string(&ticket).unwrap_or_default();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         Box::pin(async move {
-            self.0
+            let ok: i64 = self
+                .0
                 .call(|mut c| async move {
-                    redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms).query_async::<()>(&mut c).await
+                    self.0
+                        .scripts
+                        .put_ticket
+                        .key(key)
+                        .key(owner_key)
+                        .arg(value)
+                        .arg(ttl_ms)
+                        .arg(per_principal)
+                        .arg(hexd)
+                        .invoke_async(&mut c)
+                        .await
                 })
-                .await
+                .await?;
+            if ok == 1 { Ok(()) } else { Err(StoreError::TicketLimit(per_principal)) }
         })
     }
 
@@ -884,7 +949,19 @@ impl TicketStore for Handle {
         Box::pin(async move {
             let v: Option<String> =
                 self.0.call(|mut c| async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await }).await?;
-            Ok(v.and_then(|v| serde_json::from_str(&v).ok()))
+            let ticket: Option<StoredTicket> = v.and_then(|v| serde_json::from_str(&v).ok());
+            if let Some(t) = &ticket {
+                // A used ticket frees its principal's place.
+                let owner_key = format!("{}towner:{}", self.0.prefix, owner_digest(&t.principal.owner()));
+                let member = hex::encode(digest);
+                let _ = self
+                    .0
+                    .call(|mut c| async move {
+                        redis::cmd("ZREM").arg(owner_key).arg(member).query_async::<i64>(&mut c).await
+                    })
+                    .await;
+            }
+            Ok(ticket)
         })
     }
 }
@@ -964,6 +1041,7 @@ impl RunRegistry for Handle {
     fn register(&self, run_id: &str, record: RunRecord, cap: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
         let p = &self.0.prefix;
         let akey = format!("{p}active:{}", owner_digest(&record.owner));
+        let fkey = format!("{p}finished:{}", owner_digest(&record.owner));
         let run_key = self.0.run_key(run_id);
         let node_runs = self.0.node_runs(&record.node);
         let owner = serde_json::to_string(&record.owner).unwrap_or_default();
@@ -984,6 +1062,7 @@ impl RunRegistry for Handle {
                         .arg(&record.node)
                         .arg(&record.session_id)
                         .arg(&akey)
+                        .arg(fkey)
                         .invoke_async(&mut c)
                         .await
                 })
@@ -997,7 +1076,7 @@ impl RunRegistry for Handle {
         run_id: &str,
         status: RunStatus,
         terminal: Value,
-        retention: Duration,
+        retention: Retention,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let run_id = run_id.to_owned();
         Box::pin(async move { self.0.finish_now(&run_id, status, &terminal, retention).await })
@@ -1093,10 +1172,18 @@ pub async fn connect(
         buffer_events: config.sessions.buffer_events.max(1),
         resume_window: config.sessions.resume_window,
         orphan_timeout: config.runs.orphan_timeout,
+        retention: Retention { ttl: config.runs.retention, per_principal: config.runs.retained_per_principal },
         outbox,
         outbox_capacity: b.outage_buffer_events.max(1),
     });
-    let first = redis.ping().await;
+    // A slow first answer (a busy machine) is waited for, briefly.
+    let mut first = redis.ping().await;
+    for _ in 0..3 {
+        match &first {
+            Err(e) if e.starts_with("no answer") => first = redis.ping().await,
+            _ => break,
+        }
+    }
     if let Err(e) = &first {
         tracing::warn!(url = %b.redis_url_redacted(), error = %e, "redis is not reachable yet; the node is unready until it is");
     } else {

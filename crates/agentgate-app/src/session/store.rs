@@ -41,6 +41,13 @@ pub enum StoreError {
     /// event of the run was appended before (a retry).
     #[error("event already appended")]
     Duplicate,
+    /// The principal holds `limits.sessions_per_principal` sessions (the number), none
+    /// of them detached: the new connection is refused `too_many_connections`.
+    #[error("the principal already holds {0} sessions, all attached (limits.sessions_per_principal)")]
+    SessionLimit(usize),
+    /// The principal holds `limits.tickets_per_principal` live tickets (the number).
+    #[error("the principal already holds {0} live tickets (limits.tickets_per_principal)")]
+    TicketLimit(usize),
 }
 
 /// An event to append; the store gives it its `seq`.
@@ -94,8 +101,18 @@ pub struct Holder {
 /// Durable session state: identity, seq, bounded event buffer, time to live.
 pub trait SessionStore: Send + Sync + Debug + 'static {
     /// Create a session for `owner`, detached (its resume window running) until
-    /// attached. Returns its id.
+    /// attached. Returns its id. At `limits.sessions_per_principal` the owner's session
+    /// detached longest ago is dropped first; with none detached this is
+    /// [`StoreError::SessionLimit`].
     fn create(&self, owner: Owner) -> BoxFuture<'_, Result<String, StoreError>>;
+
+    /// Whether `owner` may create one more session now: under
+    /// `limits.sessions_per_principal`, or holding a detached session that creating
+    /// would drop. Asked before the upgrade so that a refusal is an HTTP 429.
+    fn admits_new_session(&self, owner: &Owner) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let _ = owner;
+        Box::pin(async { Ok(true) })
+    }
 
     /// The owner of a live session; `None` if unknown or expired.
     fn owner(&self, session_id: &str) -> BoxFuture<'_, Result<Option<Owner>, StoreError>>;

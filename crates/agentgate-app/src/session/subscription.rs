@@ -5,6 +5,7 @@
 //! this type, so the tests check the code that runs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentgate_protocol::ErrorCode;
 use tokio::sync::{mpsc, watch};
@@ -41,6 +42,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     holder: Holder,
     cursor: Cursor,
+    queued: Arc<AtomicUsize>,
     /// Live events, in publication order. Receiving is cancel-safe.
     pub events: mpsc::Receiver<StoredEvent>,
     /// Set when the connection must close (slow consumer, takeover).
@@ -65,7 +67,8 @@ impl Subscription {
         let store = Arc::clone(&backend.sessions);
         let (tx, events) = mpsc::channel(queue.max(1));
         let (kick, kicked) = watch::channel(None);
-        let mut attachment = Some(Attachment { conn_id: holder.conn_id, tx, kick });
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut attachment = Some(Attachment { conn_id: holder.conn_id, tx, kick, queued: Arc::clone(&queued) });
         let (mut last_seq, mut resume_error) = (0, None);
         let mut session_id = None;
         if let Some((sid, last)) = resume {
@@ -124,7 +127,7 @@ impl Subscription {
             cursor.advance(last.seq);
         }
         let opened = Opened { session_id: session_id.clone(), resumed, resume_error, first_seq, replay };
-        Ok((Self { session_id, store, hub, holder, cursor, events, kicked }, opened))
+        Ok((Self { session_id, store, hub, holder, cursor, queued, events, kicked }, opened))
     }
 
     /// The session id.
@@ -142,6 +145,8 @@ impl Subscription {
     /// itself when it is the next one, or the missing events (read from the store)
     /// followed by it.
     pub async fn accept(&mut self, event: StoredEvent) -> Vec<StoredEvent> {
+        let len = event.text.len();
+        let _ = self.queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(len)));
         let seq = event.seq;
         match self.cursor.step(seq) {
             Step::Skip => Vec::new(),
