@@ -477,20 +477,22 @@ fn a_redis_outage_keeps_live_connections_and_loses_nothing() {
     });
     cluster.redis.stop();
     rt.block_on(async {
-        // Unready, naming redis; new handshakes 503; the live connection stays.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (status, body) = loop {
-            let r = reqwest::get(format!("http://{}/readyz", a.addr())).await.expect("readyz");
-            let status = r.status().as_u16();
-            let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-            if status == 503 || Instant::now() > deadline {
-                break (status, body);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert_eq!(status, 503, "{body}");
-        assert_eq!(body["status"], "unready");
-        assert!(body["checks"]["redis"].as_str().is_some_and(|e| e != "ok"), "{body}");
+        // Both nodes unready, naming redis; new handshakes 503; the live connection stays.
+        for node in [&a, &b] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let (status, body) = loop {
+                let r = reqwest::get(format!("http://{}/readyz", node.addr())).await.expect("readyz");
+                let status = r.status().as_u16();
+                let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+                if status == 503 || Instant::now() > deadline {
+                    break (status, body);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["status"], "unready");
+            assert!(body["checks"]["redis"].as_str().is_some_and(|e| e != "ok"), "{body}");
+        }
         let (outcome, _) = connect_bearer(&b.url(), &token, &[]).await;
         outcome.assert_http(503, "service_unavailable");
         send(&mut ws, json!({"type": "ping", "ref": "during"})).await;
