@@ -10,28 +10,44 @@ use serde_json::Value;
 
 use crate::session::{NewEvent, SessionStore, StoreError, StoredEvent, now_ms};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Where a running agent writes its events: its session, through the store.
+/// Where a running agent writes its events: its session, through the store. Each
+/// event carries its number within the run, so an append retried after an outage is
+/// stored once.
 #[derive(Debug, Clone)]
 pub struct RunSink {
-    pub(crate) store: Arc<dyn SessionStore>,
-    pub(crate) session_id: String,
-    pub(crate) run_id: String,
+    store: Arc<dyn SessionStore>,
+    session_id: String,
+    run_id: String,
+    rseq: Arc<AtomicU64>,
 }
 
 impl RunSink {
-    /// Emit a non-terminal event.
-    ///
-    /// # Errors
-    /// The session is gone (its resume window passed) or the backend is unreachable.
-    pub async fn emit(&self, ty: EventType, data: Value) -> Result<StoredEvent, StoreError> {
-        debug_assert!(!ty.is_terminal());
-        self.append(ty, data).await
+    /// A sink for run `run_id` on session `session_id`.
+    pub fn new(store: Arc<dyn SessionStore>, session_id: String, run_id: String) -> Self {
+        Self { store, session_id, run_id, rseq: Arc::new(AtomicU64::new(0)) }
     }
 
+    fn event(&self, ty: EventType, data: Value) -> NewEvent {
+        let rseq = self.rseq.fetch_add(1, Ordering::Relaxed) + 1;
+        NewEvent { ty, run_id: self.run_id.clone(), ts_ms: now_ms(), data, rseq }
+    }
+
+    /// Emit a non-terminal event. It is stored in order after the run's earlier
+    /// events; while the backend is unreachable it is held in the node's outbox.
+    ///
+    /// # Errors
+    /// The session is gone (its resume window passed), or the backend is unreachable
+    /// and the event cannot be held.
+    pub async fn emit(&self, ty: EventType, data: Value) -> Result<(), StoreError> {
+        debug_assert!(!ty.is_terminal());
+        self.store.append_later(&self.session_id, self.event(ty, data))
+    }
+
+    /// Append an event and wait until it is stored (the terminal event).
     pub(crate) async fn append(&self, ty: EventType, data: Value) -> Result<StoredEvent, StoreError> {
-        let event = NewEvent { ty, run_id: self.run_id.clone(), ts_ms: now_ms(), data };
-        self.store.append(&self.session_id, event).await
+        self.store.append(&self.session_id, self.event(ty, data)).await
     }
 }
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::error::Rejection;
 use crate::revocation::Revoke;
 use crate::server::AppState;
+use crate::session::StoreError;
 use crate::telemetry;
 
 /// Largest accepted API request body.
@@ -53,10 +54,33 @@ pub(crate) async fn tickets(
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let Some(ticket) = app.tickets.issue(principal.clone(), origin.clone()) else {
-        let mut r = Rejection::new(ErrorCode::RateLimited, "too many live tickets; retry shortly", &request_id);
-        r.retry_after_s = Some(1);
-        return refuse(&app, r, remote, origin.as_deref());
+    let ticket = match app.tickets.issue(&principal, origin.clone()).await {
+        Ok(t) => t,
+        Err(e) => {
+            let mut r = match e {
+                StoreError::TicketLimit(cap) => Rejection::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this principal already holds {cap} live tickets (limits.tickets_per_principal); \
+                         use them or let them expire, then retry"
+                    ),
+                    &request_id,
+                ),
+                e if app.backend.health.check().is_err() => Rejection::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("the shared backend is unreachable ({e}); retry shortly"),
+                    &request_id,
+                ),
+                _ => Rejection::new(
+                    ErrorCode::RateLimited,
+                    "too many live tickets on this node; retry shortly",
+                    &request_id,
+                ),
+            }
+            .with_token_fp(Some(principal.token_fp.clone()));
+            r.retry_after_s = Some(app.tickets.ttl().as_secs().clamp(1, 60));
+            return refuse(&app, r, remote, origin.as_deref());
+        }
     };
     tracing::info!(
         request_id = %request_id,
@@ -94,14 +118,18 @@ pub(crate) async fn revoke(
             .with_token_fp(Some(principal.token_fp.clone()));
         return refuse(&app, r, remote, origin.as_deref());
     }
-    let request = match parse_revoke(&body) {
+    let request = match parse_revoke(&body, telemetry::unix_now()) {
         Ok(r) => r,
         Err(m) => {
             return refuse(&app, Rejection::new(ErrorCode::ProtocolError, m, &request_id), remote, origin.as_deref());
         }
     };
-    if !app.revocations.revoke(request.clone()) {
-        let r = Rejection::new(ErrorCode::ServiceUnavailable, "the revocation list is full", &request_id);
+    if let Err(e) = app.backend.revocations.add(request.clone()).await {
+        let r = Rejection::new(
+            ErrorCode::ServiceUnavailable,
+            format!("the revocation could not be recorded ({e}); retry"),
+            &request_id,
+        );
         return refuse(&app, r, remote, origin.as_deref());
     }
     let what = match &request {
@@ -124,22 +152,38 @@ async fn authenticate(
     remote: SocketAddr,
 ) -> Result<(String, Option<String>, Principal), Response> {
     let request_id = id::request_id();
+    crate::routes::check_rate(app, remote, &request_id).map_err(|r| refuse(app, r, remote, None))?;
     let origin = allowed_origin(app, headers, &request_id).map_err(|r| refuse(app, r, remote, None))?;
     let principal =
         bearer_principal(app, headers, &request_id).await.map_err(|r| refuse(app, r, remote, origin.as_deref()))?;
     Ok((request_id, origin, principal))
 }
 
-fn parse_revoke(body: &[u8]) -> Result<Revoke, String> {
+/// Longest `jti` a revocation names (PROTOCOL.md section 8).
+pub const MAX_REVOKE_JTI_BYTES: usize = 256;
+/// Longest `subject` a revocation names.
+pub const MAX_REVOKE_SUBJECT_BYTES: usize = 1024;
+
+/// The revocation request of a body. Bounds of PROTOCOL.md section 8 decided here: a
+/// `jti` over 256 bytes or a `subject` over 1024 bytes is refused, and an
+/// `issued_before` later than `now` is taken as `now`, so a revocation never blocks
+/// tokens issued after it.
+fn parse_revoke(body: &[u8], now: i64) -> Result<Revoke, String> {
     if body.len() > MAX_BODY {
         return Err(format!("the body is larger than {MAX_BODY} bytes"));
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     let obj = v.as_object().ok_or("the body must be a JSON object")?;
     match (obj.get("jti"), obj.get("subject"), obj.get("issued_before")) {
+        (Some(Value::String(j)), None, None) if j.len() > MAX_REVOKE_JTI_BYTES => {
+            Err(format!("the `jti` is {} bytes, above the limit of {MAX_REVOKE_JTI_BYTES}", j.len()))
+        }
+        (None, Some(Value::String(s)), Some(_)) if s.len() > MAX_REVOKE_SUBJECT_BYTES => {
+            Err(format!("the `subject` is {} bytes, above the limit of {MAX_REVOKE_SUBJECT_BYTES}", s.len()))
+        }
         (Some(Value::String(j)), None, None) if !j.is_empty() => Ok(Revoke::Jti(j.clone())),
         (None, Some(Value::String(s)), Some(t)) if !s.is_empty() => match t.as_i64() {
-            Some(t) => Ok(Revoke::Subject { subject: s.clone(), issued_before: t }),
+            Some(t) => Ok(Revoke::Subject { subject: s.clone(), issued_before: t.min(now) }),
             None => Err("`issued_before` must be an integer (Unix seconds)".into()),
         },
         _ => Err("send {\"jti\":\"...\"} or {\"subject\":\"...\",\"issued_before\":N}".into()),
@@ -148,6 +192,9 @@ fn parse_revoke(body: &[u8]) -> Result<Revoke, String> {
 
 /// The request's `Origin` if allowed (`Ok(None)` without one).
 fn allowed_origin(app: &AppState, headers: &HeaderMap, request_id: &str) -> Result<Option<String>, Rejection> {
+    if headers.get_all(header::ORIGIN).iter().nth(1).is_some() {
+        return Err(Rejection::new(ErrorCode::OriginNotAllowed, "send one Origin header, not several", request_id));
+    }
     match headers.get(header::ORIGIN) {
         None => Ok(None),
         Some(v) => {
@@ -167,6 +214,7 @@ fn allowed_origin(app: &AppState, headers: &HeaderMap, request_id: &str) -> Resu
 
 /// Verify the `Authorization: Bearer` credential of an API request.
 async fn bearer_principal(app: &AppState, headers: &HeaderMap, request_id: &str) -> Result<Principal, Rejection> {
+    crate::credentials::check_header_bytes(headers).map_err(|(code, m)| Rejection::new(code, m, request_id))?;
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (first, second) = (values.next(), values.next());
     if second.is_some() {

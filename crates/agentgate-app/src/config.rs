@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Separate metrics listener.
     pub metrics_listen: Option<String>,
+    /// A frame that cannot be written for this long closes the connection
+    /// `slow_consumer` (`server.write_timeout_s`).
+    pub write_timeout: Duration,
     /// Interval of server pings (extension key `server.heartbeat_ms`).
     pub heartbeat: Duration,
     /// Time to send the HTTP request head (extension key `server.handshake_timeout_ms`).
@@ -111,6 +114,11 @@ pub struct SessionsConfig {
     pub resume_window: Duration,
     /// Events kept per session.
     pub buffer_events: usize,
+    /// Bytes of event frame JSON kept per session (always at least the newest event).
+    pub buffer_bytes: usize,
+    /// Memory backend: buffered event bytes of the whole node; past it the oldest
+    /// detached sessions are dropped.
+    pub memory_limit_bytes: usize,
 }
 
 /// `[runs]`.
@@ -118,8 +126,57 @@ pub struct SessionsConfig {
 pub struct RunsConfig {
     /// How long a finished run is known.
     pub retention: Duration,
+    /// Finished runs kept per principal (the oldest are forgotten first).
+    pub retained_per_principal: usize,
     /// Dead-node run cleanup bound.
     pub orphan_timeout: Duration,
+}
+
+/// `backend.kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendKind {
+    /// One node, state in memory.
+    Memory,
+    /// Any number of nodes sharing one Redis.
+    Redis,
+}
+
+/// `[backend]`.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Which backend.
+    pub kind: BackendKind,
+    /// `redis://` or `rediss://` URL (may hold a password: never log it; see
+    /// [`BackendConfig::redis_url_redacted`]).
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// Events held per node while the backend is unreachable.
+    pub outage_buffer_events: usize,
+}
+
+impl BackendConfig {
+    /// The Redis URL with any password replaced by `***`, for logs and messages.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// `scheme://user:password@host` -> `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let user = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// `[limits]`.
@@ -135,6 +192,10 @@ pub struct LimitsConfig {
     pub messages_per_s: u32,
     /// Concurrent runs per principal.
     pub runs_per_principal: usize,
+    /// Sessions (attached or detached) per principal.
+    pub sessions_per_principal: usize,
+    /// Live tickets per principal.
+    pub tickets_per_principal: usize,
 }
 
 /// One `[[agents]]` entry.
@@ -204,6 +265,8 @@ pub struct Config {
     pub jwks: Vec<Arc<JwksSource>>,
     /// `[mcp]`.
     pub mcp: McpConfig,
+    /// `[backend]`.
+    pub backend: BackendConfig,
 }
 
 impl Config {
@@ -260,6 +323,12 @@ impl Config {
         positive(f.server.heartbeat_ms, "server.heartbeat_ms")?;
         positive(f.server.handshake_timeout_ms, "server.handshake_timeout_ms")?;
         positive(f.sessions.buffer_events, "sessions.buffer_events")?;
+        positive(f.server.write_timeout_s, "server.write_timeout_s")?;
+        positive(f.sessions.buffer_bytes, "sessions.buffer_bytes")?;
+        positive(f.sessions.memory_limit_bytes, "sessions.memory_limit_bytes")?;
+        positive(f.runs.retained_per_principal, "runs.retained_per_principal")?;
+        positive(f.limits.sessions_per_principal, "limits.sessions_per_principal")?;
+        positive(f.limits.tickets_per_principal, "limits.tickets_per_principal")?;
         positive(f.limits.messages_per_s, "limits.messages_per_s")?;
         positive(f.limits.runs_per_principal, "limits.runs_per_principal")?;
         positive(f.limits.handshakes_per_ip_per_s, "limits.handshakes_per_ip_per_s")?;
@@ -267,13 +336,19 @@ impl Config {
         positive(f.limits.connections_per_principal, "limits.connections_per_principal")?;
         positive(f.auth.first_message_timeout_ms, "auth.first_message_timeout_ms")?;
         positive(f.auth.ticket_ttl_s, "auth.ticket_ttl_s")?;
-        match f.backend.kind.as_str() {
-            "memory" => {}
+        let backend_kind = match f.backend.kind.as_str() {
+            "memory" => BackendKind::Memory,
             "redis" => {
-                return Err(ConfigError::new(
-                    "backend.kind",
-                    "the redis backend is not available in this build yet; use \"memory\" (see docs/out-of-scope.md)",
-                ));
+                if !(f.backend.redis_url.starts_with("redis://") || f.backend.redis_url.starts_with("rediss://")) {
+                    return Err(ConfigError::new(
+                        "backend.redis_url",
+                        format!(
+                            "{:?} is not a Redis URL; use redis://[user:password@]host:port[/db] or rediss:// for TLS",
+                            redact_url(&f.backend.redis_url)
+                        ),
+                    ));
+                }
+                BackendKind::Redis
             }
             other => {
                 return Err(ConfigError::new(
@@ -281,7 +356,9 @@ impl Config {
                     format!("{other:?} is not a backend; use \"memory\" or \"redis\""),
                 ));
             }
-        }
+        };
+        positive(f.backend.outage_buffer_events, "backend.outage_buffer_events")?;
+        positive(f.runs.orphan_timeout_s, "runs.orphan_timeout_s")?;
         if f.backend.redis_prefix.is_empty() {
             return Err(ConfigError::new("backend.redis_prefix", "must not be empty"));
         }
@@ -456,6 +533,7 @@ impl Config {
                 max_message_bytes: usize::try_from(f.server.max_message_bytes).unwrap_or(usize::MAX),
                 shutdown_grace: Duration::from_secs(f.server.shutdown_grace_s),
                 metrics_listen: f.server.metrics_listen,
+                write_timeout: Duration::from_secs(f.server.write_timeout_s),
                 heartbeat: Duration::from_millis(f.server.heartbeat_ms),
                 handshake_timeout: Duration::from_millis(f.server.handshake_timeout_ms),
             },
@@ -471,9 +549,12 @@ impl Config {
             sessions: SessionsConfig {
                 resume_window: Duration::from_secs(f.sessions.resume_window_s),
                 buffer_events: usize::try_from(f.sessions.buffer_events).unwrap_or(usize::MAX),
+                buffer_bytes: usize::try_from(f.sessions.buffer_bytes).unwrap_or(usize::MAX),
+                memory_limit_bytes: usize::try_from(f.sessions.memory_limit_bytes).unwrap_or(usize::MAX),
             },
             runs: RunsConfig {
                 retention: Duration::from_secs(f.runs.retention_s),
+                retained_per_principal: usize::try_from(f.runs.retained_per_principal).unwrap_or(usize::MAX),
                 orphan_timeout: Duration::from_secs(f.runs.orphan_timeout_s),
             },
             limits: LimitsConfig {
@@ -482,6 +563,14 @@ impl Config {
                 connections_per_principal: usize::try_from(f.limits.connections_per_principal).unwrap_or(usize::MAX),
                 messages_per_s: clamp_u32(f.limits.messages_per_s),
                 runs_per_principal: usize::try_from(f.limits.runs_per_principal).unwrap_or(usize::MAX),
+                sessions_per_principal: usize::try_from(f.limits.sessions_per_principal).unwrap_or(usize::MAX),
+                tickets_per_principal: usize::try_from(f.limits.tickets_per_principal).unwrap_or(usize::MAX),
+            },
+            backend: BackendConfig {
+                kind: backend_kind,
+                redis_url: f.backend.redis_url,
+                redis_prefix: f.backend.redis_prefix,
+                outage_buffer_events: usize::try_from(f.backend.outage_buffer_events).unwrap_or(usize::MAX),
             },
             agents,
             dev_key,

@@ -83,7 +83,7 @@ pub(crate) fn run(
         let conn_id = app.next_conn_id();
         let holder = Holder { node: app.node_id.clone(), conn_id };
         let opened = Subscription::open(
-            Arc::clone(&app.store),
+            &app.backend,
             Arc::clone(&app.hub),
             holder,
             &Owner::of(&principal),
@@ -96,7 +96,11 @@ pub(crate) fn run(
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(conn_id, request_id = %request_id, error = %e, "cannot attach a session");
-                close(&mut socket, ErrorCode::ServiceUnavailable).await;
+                let code = match e {
+                    crate::session::StoreError::SessionLimit(_) => ErrorCode::TooManyConnections,
+                    _ => ErrorCode::ServiceUnavailable,
+                };
+                close(&mut socket, code).await;
                 return;
             }
         };
@@ -298,14 +302,11 @@ impl Conn<'_> {
                 self.reply(Reply::AuthRefreshed { expires_at }).await
             }
             ClientMessage::RunStart { r#ref, agent, input } => {
-                let prepared = self.app.runs.prepare(
-                    &self.app.config,
-                    &agent,
-                    &input,
-                    &self.principal,
-                    &self.app.store,
-                    self.sub.session_id(),
-                );
+                let prepared = self
+                    .app
+                    .runs
+                    .prepare(&self.app.config, &agent, &input, &self.principal, self.sub.session_id())
+                    .await;
                 match prepared {
                     Ok(run) => {
                         let run_id = run.run_id.clone();
@@ -317,34 +318,48 @@ impl Conn<'_> {
                 }
             }
             ClientMessage::RunCancel { r#ref, run_id } => {
-                if self.app.runs.cancel(&run_id, &Owner::of(&self.principal)) {
-                    true
-                } else {
-                    self.reply(Reply::Error {
-                        r#ref,
-                        code: ErrorCode::RunNotFound,
-                        message: "no running run with that id belongs to this principal".into(),
-                    })
-                    .await
+                match self.app.runs.cancel(&run_id, &Owner::of(&self.principal)).await {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        self.reply(Reply::Error {
+                            r#ref,
+                            code: ErrorCode::RunNotFound,
+                            message: "no running run with that id belongs to this principal".into(),
+                        })
+                        .await
+                    }
+                    Err(e) => self.reply(unavailable(r#ref, &e)).await,
                 }
             }
-            ClientMessage::RunGet { r#ref, run_id } => match self.app.runs.get(&run_id, &Owner::of(&self.principal)) {
-                Some((status, terminal)) => {
-                    let terminal = if status == RunStatus::Running { None } else { terminal };
-                    self.reply(Reply::RunState { r#ref, run_id, status: status.as_str(), terminal }).await
+            ClientMessage::RunGet { r#ref, run_id } => {
+                match self.app.runs.get(&run_id, &Owner::of(&self.principal)).await {
+                    Ok(Some((status, terminal))) => {
+                        let terminal = if status == RunStatus::Running { None } else { terminal };
+                        self.reply(Reply::RunState { r#ref, run_id, status: status.as_str(), terminal }).await
+                    }
+                    Err(e) => self.reply(unavailable(r#ref, &e)).await,
+                    Ok(None) => {
+                        self.reply(Reply::Error {
+                            r#ref,
+                            code: ErrorCode::RunNotFound,
+                            message: "no run with that id is known for this principal".into(),
+                        })
+                        .await
+                    }
                 }
-                None => {
-                    self.reply(Reply::Error {
-                        r#ref,
-                        code: ErrorCode::RunNotFound,
-                        message: "no run with that id is known for this principal".into(),
-                    })
-                    .await
-                }
-            },
+            }
             ClientMessage::Ping { r#ref } => self.reply(Reply::Pong { r#ref }).await,
         };
         if sent { None } else { Some(End::Gone) }
+    }
+}
+
+/// The error reply to a request the backend could not answer.
+fn unavailable(r#ref: Option<serde_json::Value>, e: &crate::session::StoreError) -> Reply {
+    Reply::Error {
+        r#ref,
+        code: ErrorCode::ServiceUnavailable,
+        message: format!("the shared backend is unreachable ({e}); retry shortly"),
     }
 }
 

@@ -77,6 +77,31 @@ pub fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Whether every byte is printable ASCII (space through `~`; a tab is outside).
+pub fn printable_ascii(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| (0x20..=0x7e).contains(b))
+}
+
+/// PROTOCOL.md section 2: a `Sec-WebSocket-Protocol` or `Authorization` header with a
+/// byte outside printable ASCII is `protocol_error`, never silently dropped (a dropped
+/// entry could hide a second credential from the ambiguity check).
+///
+/// # Errors
+/// `protocol_error` naming the header.
+pub fn check_header_bytes(headers: &HeaderMap) -> Result<(), (ErrorCode, String)> {
+    for name in [AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL] {
+        if headers.get_all(&name).iter().any(|v| !printable_ascii(v.as_bytes())) {
+            return Err((
+                ErrorCode::ProtocolError,
+                format!(
+                    "the {name} header holds a byte outside printable ASCII (tabs and control characters included)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Find the credential of a request.
 ///
 /// # Errors
@@ -89,6 +114,7 @@ pub fn extract(
     endpoint: Endpoint,
     query_token_enabled: bool,
 ) -> Result<Found, (ErrorCode, String)> {
+    check_header_bytes(headers)?;
     let mut found: Vec<Credential> = Vec::new();
     let mut malformed_auth = false;
     for v in headers.get_all(AUTHORIZATION) {
@@ -198,6 +224,21 @@ mod tests {
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn a_header_byte_outside_printable_ascii_is_protocol_error() {
+        for (name, value) in [
+            ("sec-websocket-protocol", &b"agentgate.v1, agentgate.bearer.a\xff"[..]),
+            ("sec-websocket-protocol", &b"agentgate.v1,\tagentgate.bearer.a"[..]),
+            ("authorization", &b"Bearer a.b.c\x80"[..]),
+            ("authorization", &b"Bearer\ta.b.c"[..]),
+        ] {
+            let mut h = HeaderMap::new();
+            h.append(name, HeaderValue::from_bytes(value).unwrap());
+            let e = extract(&h, &[], Endpoint::Agent, true).unwrap_err();
+            assert_eq!(e.0, ErrorCode::ProtocolError, "{name}: {value:?}");
+        }
     }
 
     #[test]

@@ -252,11 +252,11 @@ fn load_raw(path: Option<&Path>, env: &Env) -> Option<ConfigFile> {
 /// A configuration that does not load, with the fix for the common cases.
 fn config_error(e: &ConfigError) -> Finding {
     let fix = if e.message.contains("unknown field") {
-        format!("remove `{}` or correct its spelling; every key is listed in CONFIG.md", e.key)
+        format!("remove `{}` or correct its spelling; every key is listed in docs/configuration.md", e.key)
     } else if e.message.contains("is not set") && e.key.starts_with("auth.jwt") {
         "export it, or point secret_file at a file holding the secret".to_owned()
     } else if e.key == "backend.kind" {
-        "use backend.kind = \"memory\" (a single node) until this build has the Redis backend".to_owned()
+        "use backend.kind = \"memory\" (one node) or \"redis\" (several nodes on one Redis)".to_owned()
     } else if e.key.starts_with("AGENTGATE_") {
         format!("unset {} or rename it to AGENTGATE_<SECTION>__<KEY> of an existing key", e.key)
     } else {

@@ -19,11 +19,13 @@
 
 pub mod agents;
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod credentials;
 pub mod doctor;
 pub mod error;
+pub mod head_limit;
 pub mod jwks;
 pub mod limits;
 pub mod mcp;

@@ -78,7 +78,7 @@ async fn decide(
     request_id: &str,
 ) -> Result<Admitted, Rejection> {
     let ip_slot = routes::admit_ip(app, remote, request_id)?;
-    routes::check_origin(app, origin, request_id)?;
+    routes::check_origin(app, headers, origin, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Mcp, false)
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
     let credential = match found {

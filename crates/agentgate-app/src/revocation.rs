@@ -13,10 +13,19 @@ use tokio::sync::watch;
 /// this, new revocations are refused and the operator is told to restart or rotate keys.
 pub const MAX_REVOCATIONS: usize = 1_000_000;
 
+/// Most bytes the list holds, counting each entry as its text plus
+/// [`ENTRY_OVERHEAD_BYTES`]: with `jti` at most 256 bytes and `subject` at most 1024
+/// (checked by the endpoint), the list stays within about this much memory.
+pub const MAX_REVOCATION_BYTES: usize = 64 * 1024 * 1024;
+
+/// What one entry costs beyond its text (hash table slot, string header).
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+
 #[derive(Debug, Default)]
 struct Inner {
     jtis: HashMap<String, ()>,
     subjects: HashMap<String, i64>,
+    bytes: usize,
 }
 
 /// Revoked tokens of this node.
@@ -47,13 +56,24 @@ pub enum Revoke {
 }
 
 impl RevocationList {
-    /// Add a revocation. `false` when the list is full.
+    /// Add a revocation. `false` when the list is full ([`MAX_REVOCATIONS`] entries or
+    /// [`MAX_REVOCATION_BYTES`]; the bound is decided here). Repeating a revocation
+    /// adds nothing.
     pub fn revoke(&self, r: Revoke) -> bool {
         {
             let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-            if inner.jtis.len() + inner.subjects.len() >= MAX_REVOCATIONS {
+            let (key, is_new) = match &r {
+                Revoke::Jti(j) => (j, !inner.jtis.contains_key(j)),
+                Revoke::Subject { subject, .. } => (subject, !inner.subjects.contains_key(subject)),
+            };
+            let cost = if is_new { key.len() + ENTRY_OVERHEAD_BYTES } else { 0 };
+            if is_new
+                && (inner.jtis.len() + inner.subjects.len() >= MAX_REVOCATIONS
+                    || inner.bytes + cost > MAX_REVOCATION_BYTES)
+            {
                 return false;
             }
+            inner.bytes += cost;
             match r {
                 Revoke::Jti(j) => {
                     inner.jtis.insert(j, ());

@@ -63,7 +63,16 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
-    checks.insert("memory".into(), json!("ok"));
+    let backend = &app.backend.health;
+    match backend.check() {
+        Ok(()) => {
+            checks.insert(backend.name().into(), json!("ok"));
+        }
+        Err(e) => {
+            checks.insert(backend.name().into(), json!(e));
+            ready = false;
+        }
+    }
     if app.is_shutting_down() {
         checks.insert("shutdown".into(), json!("the node is shutting down"));
         ready = false;
@@ -143,7 +152,8 @@ async fn decide(
     request_id: &str,
 ) -> Result<Start, Rejection> {
     let ip_slot = admit_ip(app, remote, request_id)?;
-    check_origin(app, origin, request_id)?;
+    check_origin(app, headers, origin, request_id)?;
+    check_backend(app, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Agent, app.config.auth.query_token)
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
     let resume = resume_params(query).map_err(|m| Rejection::new(ErrorCode::ProtocolError, m, request_id))?;
@@ -165,11 +175,20 @@ async fn decide(
     let resumable = resume_check(app, &principal, resume.as_ref())
         .await
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone())))?;
+    if !resumable {
+        session_room(app, &principal).await.map_err(|(code, msg)| {
+            let mut r = Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone()));
+            r.retry_after_s = Some(1);
+            r
+        })?;
+    }
     Ok(Start::Authenticated { principal: Box::new(principal), resume, resumable, slots: (ip_slot, principal_slot) })
 }
 
-/// The handshake rate and the per-IP connection count, first of all checks.
-pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<Slot<IpAddr>, Rejection> {
+/// The per-IP request bucket (`limits.handshakes_per_ip_per_s`): drawn on by every
+/// handshake and by `POST /v1/tickets` and `POST /v1/admin/revoke` (PROTOCOL.md
+/// section 8). 429 `rate_limited` with `Retry-After`.
+pub(crate) fn check_rate(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<(), Rejection> {
     if let Err(wait) = app.limits.handshake(remote.ip()) {
         let mut r = Rejection::new(
             ErrorCode::RateLimited,
@@ -182,6 +201,12 @@ pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> 
         r.retry_after_s = Some(wait.as_secs().max(1));
         return Err(r);
     }
+    Ok(())
+}
+
+/// The handshake rate and the per-IP connection count, first of all checks.
+pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> Result<Slot<IpAddr>, Rejection> {
+    check_rate(app, remote, request_id)?;
     app.limits.per_ip.acquire(remote.ip()).ok_or_else(|| {
         let mut r = Rejection::new(
             ErrorCode::TooManyConnections,
@@ -196,8 +221,17 @@ pub(crate) fn admit_ip(app: &AppState, remote: SocketAddr, request_id: &str) -> 
     })
 }
 
-/// `Origin`, when present, must be allowed.
-pub(crate) fn check_origin(app: &AppState, origin: Option<&str>, request_id: &str) -> Result<(), Rejection> {
+/// `Origin`, when present, must be allowed; more than one `Origin` header is
+/// `origin_not_allowed` (PROTOCOL.md section 2), whatever the values.
+pub(crate) fn check_origin(
+    app: &AppState,
+    headers: &HeaderMap,
+    origin: Option<&str>,
+    request_id: &str,
+) -> Result<(), Rejection> {
+    if headers.get_all(ORIGIN).iter().nth(1).is_some() {
+        return Err(Rejection::new(ErrorCode::OriginNotAllowed, "send one Origin header, not several", request_id));
+    }
     match origin {
         Some(origin) if !app.config.origin_allowed(origin) => Err(Rejection::new(
             ErrorCode::OriginNotAllowed,
@@ -206,6 +240,20 @@ pub(crate) fn check_origin(app: &AppState, origin: Option<&str>, request_id: &st
         )),
         _ => Ok(()),
     }
+}
+
+/// The shared backend must be reachable: while it is not, new handshakes are refused
+/// `service_unavailable` (live connections stay).
+pub(crate) fn check_backend(app: &AppState, request_id: &str) -> Result<(), Rejection> {
+    app.backend.health.check().map_err(|e| {
+        let mut r = Rejection::new(
+            ErrorCode::ServiceUnavailable,
+            format!("the shared backend ({}) is unreachable: {e}; retry shortly", app.backend.health.name()),
+            request_id,
+        );
+        r.retry_after_s = Some(1);
+        r
+    })
 }
 
 /// Verify a credential (a token, an API key, or a ticket) into its principal.
@@ -217,7 +265,7 @@ pub(crate) async fn principal_of(
 ) -> Result<Principal, Rejection> {
     let fp = Some(agentgate_auth::fingerprint(credential.value.as_bytes()));
     if credential.transport == credentials::Transport::Ticket {
-        ticket_principal(app, &credential.value, origin)
+        ticket_principal(app, &credential.value, origin).await
     } else {
         app.verify(&credential.value).await.map_err(|e| (e.code(), e.message().to_owned()))
     }
@@ -226,8 +274,12 @@ pub(crate) async fn principal_of(
 
 /// Use a ticket: its principal (with `via` `ticket:<via>`), re-checked for revocation
 /// and expiry, which may have happened since it was issued.
-fn ticket_principal(app: &AppState, ticket: &str, origin: Option<&str>) -> Result<Principal, (ErrorCode, String)> {
-    let mut p = app.tickets.consume(ticket, origin)?;
+async fn ticket_principal(
+    app: &AppState,
+    ticket: &str,
+    origin: Option<&str>,
+) -> Result<Principal, (ErrorCode, String)> {
+    let mut p = app.tickets.consume(ticket, origin).await?;
     use agentgate_auth::Revocations;
     if app.revocations.is_revoked(p.jti.as_deref(), &p.subject, p.issued_at) {
         return Err((ErrorCode::TokenRevoked, "the credential that created this ticket has been revoked".into()));
@@ -263,10 +315,29 @@ pub(crate) async fn resume_check(
     resume: Option<&(String, u64)>,
 ) -> Result<bool, (ErrorCode, String)> {
     let Some((sid, _)) = resume else { return Ok(false) };
-    match app.store.owner(sid).await {
+    match app.backend.sessions.owner(sid).await {
         Ok(Some(owner)) if owner == Owner::of(principal) => Ok(true),
-        Ok(Some(_)) => Err((ErrorCode::SessionForbidden, "that session belongs to another subject or tenant".into())),
+        Ok(Some(_)) => Err((
+            ErrorCode::SessionForbidden,
+            "that session belongs to another principal (issuer, subject or tenant)".into(),
+        )),
         Ok(None) => Ok(false),
+        Err(e) => Err((ErrorCode::ServiceUnavailable, format!("the session backend is unreachable: {e}"))),
+    }
+}
+
+/// Whether the principal may get a new session (`limits.sessions_per_principal`, all
+/// attached: `too_many_connections`), decided by the store that holds the sessions.
+pub(crate) async fn session_room(app: &AppState, principal: &Principal) -> Result<(), (ErrorCode, String)> {
+    match app.backend.sessions.admits_new_session(&Owner::of(principal)).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err((
+            ErrorCode::TooManyConnections,
+            format!(
+                "this principal already holds {} sessions, all attached (limits.sessions_per_principal); close one",
+                app.config.limits.sessions_per_principal
+            ),
+        )),
         Err(e) => Err((ErrorCode::ServiceUnavailable, format!("the session backend is unreachable: {e}"))),
     }
 }

@@ -13,11 +13,12 @@ use tokio::sync::{mpsc, watch};
 
 use agentgate_auth::Authenticator;
 
+use crate::backend::{Backend, Inbox, LocalInbox};
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::revocation::RevocationList;
-use crate::runs::Runs;
-use crate::session::{Hub, MemoryStore, SessionStore};
+use crate::runs::{RunControl, Runs};
+use crate::session::Hub;
 use crate::tickets::Tickets;
 
 /// Read buffer per WebSocket. tungstenite's default (128 KiB) would dominate the cost
@@ -32,11 +33,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct AppState {
     /// The configuration.
     pub config: Config,
-    /// The credential verifier, consulting this node's revocation list.
+    /// The credential verifier, consulting this node's revocation cache.
     pub auth: Arc<Authenticator>,
-    /// Revoked tokens.
+    /// This node's cache of every revocation (filled by the backend).
     pub revocations: Arc<RevocationList>,
-    /// One-time tickets.
+    /// The shared state of the deployment.
+    pub backend: Backend,
+    /// One-time tickets (policy over `backend.tickets`).
     pub tickets: Tickets,
     /// Admission limits.
     pub limits: Limits,
@@ -46,8 +49,6 @@ pub struct AppState {
     pub mcp_processes: Arc<crate::limits::Counter<()>>,
     /// MCP server processes per principal.
     pub mcp_per_principal: Arc<crate::limits::Counter<crate::session::Owner>>,
-    /// Durable session state.
-    pub store: Arc<dyn SessionStore>,
     /// Local delivery to this node's connections.
     pub hub: Arc<Hub>,
     /// This node's id (random per process), naming session holders.
@@ -63,22 +64,52 @@ pub struct AppState {
 #[derive(Debug)]
 pub struct Tracked(#[allow(dead_code)] mpsc::Sender<()>);
 
+/// What `serve` waits for at shutdown.
+struct Waits {
+    connections: mpsc::Receiver<()>,
+    runs: mpsc::Receiver<()>,
+}
+
 impl AppState {
-    fn new(config: Config) -> (Arc<Self>, mpsc::Receiver<()>) {
+    async fn new(config: Config) -> std::io::Result<(Arc<Self>, Waits)> {
+        let node_id = agentgate_protocol::id::new_id("n_");
+        Self::with_backend(config, node_id, None).await
+    }
+
+    /// Build the state of node `node_id`, on `backend` if given (tests share one
+    /// memory backend between in-process nodes), else on the configured one.
+    async fn with_backend(
+        config: Config,
+        node_id: String,
+        memory: Option<crate::backend::memory::MemoryBackend>,
+    ) -> std::io::Result<(Arc<Self>, Waits)> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (tracker, tracked_rx) = mpsc::channel(1);
-        let runs = Arc::new(Runs::new(config.runs.retention, config.limits.runs_per_principal, shutdown_rx));
-        let hub = Arc::new(Hub::default());
-        let store: Arc<dyn SessionStore> =
-            Arc::new(MemoryStore::new(config.sessions.buffer_events, config.sessions.resume_window, Arc::clone(&hub)));
+        let (drivers, drivers_rx) = mpsc::channel(1);
+        // A connection's queue holds at most this many bytes of frames (docs/security.md).
+        let queue_bytes = config.sessions.buffer_bytes.max(config.server.max_message_bytes.saturating_mul(2));
+        let hub = Arc::new(Hub::with_queue_bytes(queue_bytes));
+        let control = Arc::new(RunControl::default());
         let revocations = Arc::new(RevocationList::default());
+        let inbox: Arc<dyn Inbox> = Arc::new(LocalInbox::new(Arc::clone(&hub), Arc::clone(&control)));
+        let backend = match memory {
+            Some(m) => m.node(&node_id, inbox, Arc::clone(&revocations)),
+            None => crate::backend::open(&config, &node_id, inbox, Arc::clone(&revocations))
+                .await
+                .map_err(std::io::Error::other)?,
+        };
+        let runs = Arc::new(Runs::new(&config, control, backend.clone(), node_id.clone(), shutdown_rx, drivers));
         let base = &config.authenticator;
         let auth = Arc::new(
             Authenticator::new(base.issuers().to_vec(), base.api_keys().to_vec(), base.policy().clone())
                 .with_revocations(Arc::clone(&revocations) as Arc<dyn agentgate_auth::Revocations>),
         );
         crate::metrics::handle();
-        let tickets = Tickets::new(Duration::from_secs(config.auth.ticket_ttl_s));
+        let tickets = Tickets::new(
+            Arc::clone(&backend.tickets),
+            Duration::from_secs(config.auth.ticket_ttl_s),
+            config.limits.tickets_per_principal,
+        );
         let limits = Limits::new(&config.limits);
         let mcp_processes = crate::limits::Counter::new(config.mcp.max_processes);
         let mcp_per_principal = crate::limits::Counter::new(config.mcp.max_processes_per_principal);
@@ -86,20 +117,20 @@ impl AppState {
             config,
             auth,
             revocations,
+            backend,
             tickets,
             limits,
             http: crate::jwks::client(),
             mcp_processes,
             mcp_per_principal,
-            store,
             hub,
-            node_id: agentgate_protocol::id::new_id("n_"),
+            node_id,
             runs,
             shutdown,
             tracker: Mutex::new(Some(tracker)),
             conn_ids: AtomicU64::new(1),
         });
-        (state, tracked_rx)
+        Ok((state, Waits { connections: tracked_rx, runs: drivers_rx }))
     }
 
     /// A receiver of the shutdown flag.
@@ -156,7 +187,40 @@ pub async fn serve(
         write_addr_file(path, local)?;
     }
     let grace = config.server.shutdown_grace;
-    let (state, mut tracked) = AppState::new(config);
+    let (state, waits) = AppState::new(config).await?;
+    serve_state(listener, local, state, waits, grace, shutdown).await
+}
+
+/// Serve one node of a memory backend shared with other in-process nodes (the
+/// backend contract tests run two nodes this way).
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_on(
+    listener: TcpListener,
+    config: Config,
+    memory: crate::backend::memory::MemoryBackend,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    if let Some(path) = &config.server.addr_file {
+        write_addr_file(path, local)?;
+    }
+    let grace = config.server.shutdown_grace;
+    let node_id = agentgate_protocol::id::new_id("n_");
+    let (state, waits) = AppState::with_backend(config, node_id, Some(memory)).await?;
+    serve_state(listener, local, state, waits, grace, shutdown).await
+}
+
+async fn serve_state(
+    listener: TcpListener,
+    local: SocketAddr,
+    state: Arc<AppState>,
+    waits: Waits,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Waits { connections: mut tracked, runs: mut drivers } = waits;
     tracing::info!(addr = %local, "agentgate listening");
     let metrics_server = match &state.config.server.metrics_listen {
         Some(addr) => {
@@ -182,9 +246,16 @@ pub async fn serve(
     accept_loop(listener, app, stop_rx, state.config.server.handshake_timeout).await;
     // The accept loop has stopped; WebSockets are closing. Wait for them, bounded.
     drop(state.tracker.lock().unwrap_or_else(|p| p.into_inner()).take());
-    if tokio::time::timeout(grace, tracked.recv()).await.is_err() {
+    state.runs.close_drivers();
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, tracked.recv()).await.is_err() {
         tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed; dropping remaining connections");
     }
+    // Every run's terminal event (`node_shutdown`) is stored before the node leaves.
+    if tokio::time::timeout_at(deadline, drivers.recv()).await.is_err() {
+        tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed with runs still ending");
+    }
+    state.backend.leave.leave().await;
     sweeper.abort();
     if let Some(m) = metrics_server {
         m.abort();
@@ -235,6 +306,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).max_buf_size(MAX_HEAD_BYTES);
+            let stream = crate::head_limit::HeadLimit::new(stream, MAX_HEAD_BYTES);
             let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -279,8 +351,8 @@ async fn sweep(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
-        state.store.sweep().await;
-        state.runs.sweep();
+        state.backend.sessions.sweep().await;
+        state.backend.runs.sweep();
         state.tickets.sweep();
         state.limits.sweep();
     }

@@ -16,13 +16,17 @@ pub mod subscription;
 
 pub use cursor::{Cursor, Step, resume_point};
 pub use hub::{Attachment, Hub};
-pub use memory::MemoryStore;
-pub use store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent};
+pub use memory::{Bounds, MemoryStore};
+pub use store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent, frame_parts};
 pub use subscription::{Opened, Resume, Subscription};
 
-/// The identity a session is bound to: subject and tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The identity a session, run, ticket or connection count is bound to: the principal
+/// of PROTOCOL.md section 6, issuer, subject and tenant. Two principals that differ in
+/// any of the three are different owners.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
+    /// Issuer: the JWT issuer's `name`, or `api_key` for every API key.
+    pub issuer: String,
     /// Subject.
     pub subject: String,
     /// Tenant.
@@ -32,7 +36,7 @@ pub struct Owner {
 impl Owner {
     /// The identity of a principal.
     pub fn of(p: &agentgate_auth::Principal) -> Self {
-        Self { subject: p.subject.clone(), tenant: p.tenant.clone() }
+        Self { issuer: p.issuer.clone(), subject: p.subject.clone(), tenant: p.tenant.clone() }
     }
 }
 

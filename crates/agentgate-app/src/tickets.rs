@@ -2,65 +2,66 @@
 //! fetches with its real token and then puts in the WebSocket URL. Only the SHA-256 of
 //! a ticket is held; the ticket itself exists only in the response and the URL.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use agentgate_auth::Principal;
 use agentgate_protocol::{ErrorCode, id};
 use sha2::{Digest, Sha256};
 
-/// Most tickets held at once; a full store first drops expired ones, then refuses.
+use crate::backend::{StoredTicket, TicketStore};
+use crate::session::{StoreError, now_ms};
+
+/// Most tickets the memory backend holds at once, whoever holds them; a full store
+/// first drops expired ones, then refuses. Each principal is held to far fewer
+/// (`limits.tickets_per_principal`), so one user cannot reach this.
 pub const MAX_TICKETS: usize = 100_000;
 
-#[derive(Debug)]
-struct Entry {
-    principal: Principal,
-    origin: Option<String>,
-    expires: Instant,
-}
-
-/// Live tickets of this node.
+/// Ticket policy over the backend's store: lifetime, single use, origin binding.
 #[derive(Debug)]
 pub struct Tickets {
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    store: Arc<dyn TicketStore>,
     ttl: Duration,
+    per_principal: usize,
 }
 
 impl Tickets {
-    /// Tickets living `ttl`.
-    pub fn new(ttl: Duration) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), ttl }
+    /// Tickets living `ttl`, kept in `store`, at most `per_principal` live ones per
+    /// principal.
+    pub fn new(store: Arc<dyn TicketStore>, ttl: Duration, per_principal: usize) -> Self {
+        Self { store, ttl, per_principal: per_principal.max(1) }
     }
 
-    /// Issue a ticket carrying `principal`, bound to `origin` if given. `None` when
-    /// the store is full of live tickets.
-    pub fn issue(&self, principal: Principal, origin: Option<String>) -> Option<String> {
+    /// Issue a ticket carrying `principal`, bound to `origin` if given. The bound
+    /// `limits.tickets_per_principal` is enforced by the store, atomically.
+    ///
+    /// # Errors
+    /// [`StoreError::TicketLimit`] when the principal holds its most live tickets
+    /// (`rate_limited`); the store is full or unreachable.
+    pub async fn issue(&self, principal: &Principal, origin: Option<String>) -> Result<String, StoreError> {
         let ticket = id::ticket();
-        let now = Instant::now();
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TICKETS {
-            map.retain(|_, e| e.expires > now);
-            if map.len() >= MAX_TICKETS {
-                return None;
-            }
-        }
-        map.insert(digest(&ticket), Entry { principal, origin, expires: now + self.ttl });
-        Some(ticket)
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let stored =
+            StoredTicket { principal: principal.into(), origin, expires_at_ms: now_ms().saturating_add(ttl_ms) };
+        self.store.put(digest(&ticket), stored, self.ttl, self.per_principal).await?;
+        Ok(ticket)
     }
 
     /// Use a ticket: it is consumed whatever the outcome. Returns its principal, or
     /// `ticket_invalid` with a reason.
     ///
     /// # Errors
-    /// Unknown, used, expired, or presented from another (or no) `Origin`.
-    pub fn consume(&self, ticket: &str, origin: Option<&str>) -> Result<Principal, (ErrorCode, String)> {
-        let entry = self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest(ticket));
+    /// Unknown, used, expired, or presented from another (or no) `Origin`;
+    /// `service_unavailable` when the store cannot be reached.
+    pub async fn consume(&self, ticket: &str, origin: Option<&str>) -> Result<Principal, (ErrorCode, String)> {
+        let entry = self.store.take(digest(ticket)).await.map_err(|e| {
+            (ErrorCode::ServiceUnavailable, format!("the shared backend is unreachable ({e}); retry shortly"))
+        })?;
         let invalid = |m: &str| (ErrorCode::TicketInvalid, m.to_owned());
         let Some(entry) = entry else {
             return Err(invalid("the ticket is unknown or was already used; request a new one with POST /v1/tickets"));
         };
-        if entry.expires <= Instant::now() {
+        if entry.expires_at_ms <= now_ms() {
             return Err(invalid("the ticket expired; request it just before connecting"));
         }
         if let Some(bound) = &entry.origin
@@ -68,13 +69,12 @@ impl Tickets {
         {
             return Err(invalid("the ticket was issued to another origin"));
         }
-        Ok(entry.principal)
+        Ok(entry.principal.into())
     }
 
-    /// Drop expired tickets.
+    /// Drop expired tickets (memory backend).
     pub fn sweep(&self) {
-        let now = Instant::now();
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, e| e.expires > now);
+        self.store.sweep();
     }
 
     /// The lifetime of new tickets.
@@ -93,6 +93,7 @@ mod tests {
 
     fn principal() -> Principal {
         Principal {
+            issuer: "local".into(),
             subject: "alice".into(),
             tenant: None,
             scopes: vec![],
@@ -104,16 +105,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_ticket_works_once_and_only_from_its_origin() {
-        let t = Tickets::new(Duration::from_secs(30));
-        let a = t.issue(principal(), None).unwrap();
+    #[tokio::test]
+    async fn a_ticket_works_once_and_only_from_its_origin() {
+        let t = Tickets::new(Arc::new(crate::backend::memory::MemoryTickets::default()), Duration::from_secs(30), 16);
+        let a = t.issue(&principal(), None).await.unwrap();
         assert!(a.starts_with("t_"));
-        assert!(t.consume(&a, Some("http://x")).is_ok());
-        assert_eq!(t.consume(&a, None).unwrap_err().0, ErrorCode::TicketInvalid);
-        let b = t.issue(principal(), Some("http://app".into())).unwrap();
-        assert!(t.consume(&b, None).is_err());
-        let c = t.issue(principal(), Some("http://app".into())).unwrap();
-        assert!(t.consume(&c, Some("http://app")).is_ok());
+        assert!(t.consume(&a, Some("http://x")).await.is_ok());
+        assert_eq!(t.consume(&a, None).await.unwrap_err().0, ErrorCode::TicketInvalid);
+        let b = t.issue(&principal(), Some("http://app".into())).await.unwrap();
+        assert!(t.consume(&b, None).await.is_err());
+        let c = t.issue(&principal(), Some("http://app".into())).await.unwrap();
+        assert!(t.consume(&c, Some("http://app")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_principal_holds_at_most_its_cap_of_live_tickets() {
+        let t = Tickets::new(Arc::new(crate::backend::memory::MemoryTickets::default()), Duration::from_secs(30), 2);
+        let a = t.issue(&principal(), None).await.unwrap();
+        t.issue(&principal(), None).await.unwrap();
+        assert!(matches!(t.issue(&principal(), None).await, Err(StoreError::TicketLimit(2))));
+        let mut other = principal();
+        other.issuer = "other".into();
+        assert!(t.issue(&other, None).await.is_ok(), "another issuer's alice is another principal");
+        t.consume(&a, None).await.unwrap();
+        assert!(t.issue(&principal(), None).await.is_ok(), "a used ticket frees its place");
     }
 }

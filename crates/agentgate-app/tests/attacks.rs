@@ -272,10 +272,13 @@ async fn hostile_requests_get_exact_codes_too() {
     if let Outcome::Http { headers, .. } = &o {
         assert!(headers.get("x-evil").is_none());
     }
-    // A 100 KiB bearer value is refused as malformed, not parsed.
-    let huge = format!("Bearer {}", "a".repeat(100 * 1024));
+    // A 60 KiB bearer value is refused as malformed, not parsed.
+    let huge = format!("Bearer {}", "a".repeat(60 * 1024));
     let r = http(server.addr, "GET", "/v1/ws", &[("Authorization", &huge)], b"").await;
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (401, Some("token_malformed")));
+    // The head cap is exactly 64 KiB: a head just above it is 431.
+    let r = http(server.addr, "GET", "/v1/ws", &[("X-Pad", &"p".repeat(64 * 1024))], b"").await;
+    assert_eq!(r.status, 431, "a head just above 64 KiB");
     // Oversized header sections and URLs are refused by the HTTP layer before any parsing.
     let r = http(server.addr, "GET", "/v1/ws", &[("X-Pad", &"p".repeat(2 * 1024 * 1024))], b"").await;
     assert!(r.status == 431 || r.status == 400, "oversized header section: {}", r.status);

@@ -9,7 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentgate_app::session::{Holder, Hub, MemoryStore, NewEvent, Owner, SessionStore, StoredEvent, Subscription};
+use agentgate_app::backend::memory::MemoryBackend;
+use agentgate_app::backend::{Backend, LocalInbox};
+use agentgate_app::revocation::RevocationList;
+use agentgate_app::runs::RunControl;
+use agentgate_app::session::{Holder, Hub, NewEvent, Owner, SessionStore, StoredEvent, Subscription};
 use agentgate_protocol::{ErrorCode, EventType};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -69,6 +73,7 @@ struct Conn {
 /// The model of the one client and its current session.
 struct World {
     store: Arc<dyn SessionStore>,
+    backend: Backend,
     hub: Arc<Hub>,
     capacity: usize,
     queue: usize,
@@ -139,7 +144,7 @@ impl World {
         let id = self.next_conn;
         self.next_conn += 1;
         let (sub, opened) = Subscription::open(
-            Arc::clone(&self.store),
+            &self.backend,
             Arc::clone(&self.hub),
             holder(id),
             &self.owner,
@@ -226,8 +231,13 @@ impl World {
         for _ in 0..n {
             let tag = self.next_tag;
             self.next_tag += 1;
-            let ev =
-                NewEvent { ty: EventType::AgentMessage, run_id: "r_prop".into(), ts_ms: 1, data: json!({"tag": tag}) };
+            let ev = NewEvent {
+                ty: EventType::AgentMessage,
+                run_id: "r_prop".into(),
+                ts_ms: 1,
+                data: json!({"tag": tag}),
+                rseq: 0,
+            };
             let stored = self.store.append(&sid, ev).await.expect("append");
             let seq = stored.seq;
             assert_eq!(seq, self.latest() + 1, "seq contiguous from 1 per session");
@@ -333,14 +343,19 @@ fn run_case(capacity: usize, queue: usize, ops: Vec<Op>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let hub = Arc::new(Hub::default());
-        let store: Arc<dyn SessionStore> =
-            Arc::new(MemoryStore::new(capacity, Duration::from_secs(3600), Arc::clone(&hub)));
+        let inbox = Arc::new(LocalInbox::new(Arc::clone(&hub), Arc::new(RunControl::default())));
+        let backend = MemoryBackend::with_sizes(capacity, Duration::from_secs(3600)).node(
+            "n_test",
+            inbox,
+            Arc::new(RevocationList::default()),
+        );
         let mut world = World {
-            store,
+            store: Arc::clone(&backend.sessions),
+            backend,
             hub,
             capacity,
             queue,
-            owner: Owner { subject: "alice".into(), tenant: None },
+            owner: Owner { issuer: "local".into(), subject: "alice".into(), tenant: None },
             next_conn: 1,
             session: None,
             history: Vec::new(),

@@ -564,10 +564,11 @@ async fn resume_through_the_first_message_auth_frame() {
 async fn a_client_that_does_not_read_is_closed_1013_slow_consumer_and_resumes_without_loss() {
     // Many concurrent runs whose `tool_executing` event carries a large prompt: once
     // the kernel's socket buffers are full, the next 256 events fill the connection's
-    // queue. The prompts go out before any large event comes back (delay 1 s).
+    // queue. The prompts go out before any large event comes back (delay 1 s). The
+    // buffer is made large enough in bytes for every event, so the resume is lossless.
     const RUNS: usize = 200;
     let server = hs_server(&format!(
-        "[limits]\nruns_per_principal = {RUNS}\nmessages_per_s = 1000\n[sessions]\nbuffer_events = 4096\n"
+        "[limits]\nruns_per_principal = {RUNS}\nmessages_per_s = 1000\n[sessions]\nbuffer_events = 4096\nbuffer_bytes = 67108864\n"
     ))
     .await;
     let token = server.mint("alice");

@@ -24,12 +24,19 @@ pub const MAX_JWT_BYTES: usize = 8192;
 /// Type-claim values that mark an access token (compared case-insensitively).
 const ACCESS_TYPES: &[&str] = &["access", "access_token", "at+jwt", "bearer"];
 
+/// The issuer of every API key principal (PROTOCOL.md section 6: all API keys count as
+/// one issuer).
+pub const API_KEY_ISSUER: &str = "api_key";
+
 /// Claims naming a token's type.
 const TYPE_CLAIMS: &[&str] = &["typ", "type", "token_use", "token_type"];
 
 /// Who a verified credential speaks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
+    /// The issuer: the JWT issuer's configured `name`, or [`API_KEY_ISSUER`] for every
+    /// API key. A ticket keeps the issuer of the credential that created it.
+    pub issuer: String,
     /// `sub`, or the API key's subject.
     pub subject: String,
     /// The tenant, if any.
@@ -54,9 +61,10 @@ impl Principal {
         self.scopes.iter().any(|s| s == scope)
     }
 
-    /// Same subject and tenant: the identity a session is bound to.
+    /// Same issuer, subject and tenant: the identity sessions and runs are bound to
+    /// (PROTOCOL.md section 6).
     pub fn same_identity(&self, other: &Principal) -> bool {
-        self.subject == other.subject && self.tenant == other.tenant
+        self.issuer == other.issuer && self.subject == other.subject && self.tenant == other.tenant
     }
 }
 
@@ -203,6 +211,7 @@ impl Authenticator {
             trace.api_key = Some(key.name.clone());
         }
         let principal = Principal {
+            issuer: API_KEY_ISSUER.to_owned(),
             subject: key.subject.clone(),
             tenant: key.tenant.clone(),
             scopes: key.scopes.clone(),
@@ -400,7 +409,7 @@ impl Authenticator {
                 TokenExpired,
                 format!(
                     "the token expired {} s ago (exp {exp}, leeway {leeway} s); mint or refresh a new one",
-                    now - exp
+                    now.saturating_sub(exp)
                 ),
             ));
         }
@@ -412,7 +421,7 @@ impl Authenticator {
                         TokenNotYetValid,
                         format!(
                             "`{claim}` is {} s in the future (leeway {leeway} s); check the issuer's clock",
-                            t - now
+                            t.saturating_sub(now)
                         ),
                     ));
                 }
@@ -429,22 +438,50 @@ impl Authenticator {
                 }
             }
         }
-        let jti = claims.get("jti").and_then(|j| j.as_str()).map(str::to_owned);
+        let jti = match claims.get("jti") {
+            None => None,
+            Some(Value::String(j)) => Some(j.clone()),
+            Some(_) => return Err(AuthError::new(TokenMalformed, "the `jti` claim is not a string")),
+        };
         let issued_at = match claims.get("iat") {
             Some(v) => Some(numeric_date(v, "iat")?),
             None => None,
         };
-        let tenant = claims.get(&issuer.tenant_claim).and_then(|t| match t {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
+        let tenant = match claims.get(&issuer.tenant_claim) {
+            None => None,
+            Some(v) => Some(tenant_text(v).ok_or_else(|| {
+                AuthError::new(
+                    TokenMalformed,
+                    format!(
+                        "the tenant claim `{}` is neither a string nor an integer",
+                        truncate(&issuer.tenant_claim, 64)
+                    ),
+                )
+            })?),
+        };
+        let roles = match claims.get("role") {
+            None => Vec::new(),
+            Some(Value::String(r)) => vec![r.as_str()],
+            Some(Value::Array(list)) => {
+                let roles: Option<Vec<&str>> = list.iter().map(Value::as_str).collect();
+                roles.ok_or_else(|| {
+                    AuthError::new(TokenMalformed, "the `role` claim holds a value that is not a string")
+                })?
+            }
+            Some(_) => {
+                return Err(AuthError::new(
+                    TokenMalformed,
+                    "the `role` claim is neither a string nor an array of strings",
+                ));
+            }
+        };
         let scopes = match claims.get(&issuer.scope_claim) {
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
             Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
             _ => Vec::new(),
         };
         let principal = Principal {
+            issuer: issuer.name.clone(),
             subject,
             tenant,
             scopes,
@@ -457,12 +494,13 @@ impl Authenticator {
         if self.is_revoked(&principal) {
             return Err(AuthError::new(TokenRevoked, "this token has been revoked"));
         }
-        if let Some(Value::String(role)) = claims.get("role")
-            && self.policy.anonymous_roles.iter().any(|r| r == role)
+        // Compared case-insensitively; an array is anonymous if any entry is listed.
+        if let Some(role) =
+            roles.iter().find(|role| self.policy.anonymous_roles.iter().any(|r| r.eq_ignore_ascii_case(role)))
         {
             return Err(AuthError::new(
                 AnonymousNotAllowed,
-                format!("the token belongs to an anonymous principal (role {role:?}); sign in first"),
+                format!("the token belongs to an anonymous principal (role {:?}); sign in first", truncate(role, 64)),
             ));
         }
         Ok(principal)
@@ -603,9 +641,112 @@ fn numeric_date(v: &Value, claim: &str) -> Result<i64, AuthError> {
     }
 }
 
+/// The tenant claim as text: a string as is, an integer (within 64 bits) as its
+/// decimal text; anything else (a fraction, bool, null, array, object) is `None`.
+fn tenant_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => n.as_i64().map(|i| i.to_string()).or_else(|| n.as_u64().map(|u| u.to_string())),
+        _ => None,
+    }
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"unit-test-secret-0123456789abcdef0123456789";
+
+    fn auth(names: &[&str]) -> Authenticator {
+        let issuers = names
+            .iter()
+            .map(|n| {
+                let key = VerifyKey::from_secret(SECRET, None).unwrap();
+                Arc::new(Issuer::new(*n, vec![Algorithm::HS256], vec![key]))
+            })
+            .collect();
+        Authenticator::new(issuers, Vec::new(), Policy::default())
+    }
+
+    fn token(claims: Value) -> String {
+        let mut c = json!({"sub": "alice", "exp": 4_000_000_000_i64});
+        for (k, v) in claims.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &c, &key).unwrap()
+    }
+
+    fn code(a: &Authenticator, claims: Value) -> Result<Principal, ErrorCode> {
+        a.verify(&token(claims), 1_800_000_000).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn claims_of_the_wrong_type_are_token_malformed() {
+        let a = auth(&["local"]);
+        for bad in [
+            json!({"jti": 42}),
+            json!({"jti": null}),
+            json!({"tenant": ["a"]}),
+            json!({"tenant": {"a": 1}}),
+            json!({"tenant": true}),
+            json!({"tenant": 1.5}),
+            json!({"tenant": null}),
+            json!({"role": 1}),
+            json!({"role": true}),
+            json!({"role": ["user", 2]}),
+            json!({"role": {"r": "x"}}),
+        ] {
+            assert_eq!(code(&a, bad.clone()).unwrap_err(), ErrorCode::TokenMalformed, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_integer_tenant_is_its_decimal_text() {
+        let a = auth(&["local"]);
+        assert_eq!(code(&a, json!({"tenant": 42})).unwrap().tenant.as_deref(), Some("42"));
+        assert_eq!(code(&a, json!({"tenant": -7})).unwrap().tenant.as_deref(), Some("-7"));
+        assert_eq!(code(&a, json!({"tenant": u64::MAX})).unwrap().tenant, Some(u64::MAX.to_string()));
+        assert_eq!(code(&a, json!({"tenant": "acme"})).unwrap().tenant.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn roles_are_compared_case_insensitively_and_any_listed_array_entry_is_anonymous() {
+        let a = auth(&["local"]);
+        for anon in [json!({"role": "ANON"}), json!({"role": "Anon"}), json!({"role": ["user", "anon"]})] {
+            assert_eq!(code(&a, anon.clone()).unwrap_err(), ErrorCode::AnonymousNotAllowed, "{anon}");
+        }
+        assert!(code(&a, json!({"role": ["user", "admin"]})).is_ok());
+        assert!(code(&a, json!({"role": "authenticated"})).is_ok());
+    }
+
+    #[test]
+    fn extreme_times_never_overflow() {
+        let a = auth(&["local"]);
+        assert_eq!(code(&a, json!({"exp": i64::MIN})).unwrap_err(), ErrorCode::TokenExpired);
+        assert_eq!(code(&a, json!({"exp": i64::MAX})).map(|p| p.expires_at), Ok(Some(i64::MAX)));
+        assert_eq!(code(&a, json!({"nbf": i64::MAX})).unwrap_err(), ErrorCode::TokenNotYetValid);
+        assert!(a.verify(&token(json!({"exp": 0})), i64::MAX).is_err());
+        // No panic at the extremes of the clock either.
+        let _ = a.verify(&token(json!({"iat": i64::MIN, "nbf": i64::MAX})), i64::MIN);
+        let _ = a.verify(&token(json!({"exp": i64::MIN})), i64::MAX);
+    }
+
+    #[test]
+    fn the_principal_names_its_issuer_and_differs_across_issuers() {
+        let one = auth(&["one"]).verify(&token(json!({})), 1_800_000_000).unwrap();
+        let two = auth(&["two"]).verify(&token(json!({})), 1_800_000_000).unwrap();
+        assert_eq!(one.issuer, "one");
+        assert_eq!(two.issuer, "two");
+        assert!(!one.same_identity(&two));
+        assert!(one.same_identity(&one.clone()));
     }
 }

@@ -404,11 +404,10 @@ fn row_7_connect_tells_unavailable_apart_from_unauthorized_and_network() {
 
 // A real Redis with `requirepass`, and a config whose `backend.redis_url` lacks the
 // password: one `agentgate doctor` run names NOAUTH on `backend.redis_url` as a missing
-// password and says where it belongs; with the password in AGENTGATE_BACKEND__REDIS_URL
-// Redis is reachable, and the password is never printed. (`/readyz` naming the
-// dependency and 503 `service_unavailable` for new handshakes arrive with the Redis
-// backend; until then a Redis config cannot start, and doctor also names
-// `backend.kind`.)
+// password and says where it belongs; the gateway started that way is unready, its
+// `/readyz` names the `redis` check's NOAUTH error, and new handshakes get 503
+// `service_unavailable`; with the password in AGENTGATE_BACKEND__REDIS_URL Redis is
+// reachable and the gateway serves. The password is never printed.
 #[test]
 fn row_8_doctor_names_noauth_as_a_redis_password_missing_from_the_config() {
     let password = "hunter2-redis-password-Xk4Pq9";
@@ -428,17 +427,36 @@ fn row_8_doctor_names_noauth_as_a_redis_password_missing_from_the_config() {
         "backend.redis_url",
         &["NOAUTH", "requires a password", "has none", &addr, "Fix:", "AGENTGATE_BACKEND__REDIS_URL"],
     );
-    find_line(&out, "error", "backend.kind", &["redis", "Fix:", "memory"]);
+
+    // The gateway itself: unready, naming the dependency; handshakes 503.
+    let mut server = sb.serve(&[], &cfg, &env);
+    let base = format!("http://{}", server.addr());
+    let token = sb.mint(&cfg, &["--sub", "alice"], &env);
+    let (ready, handshake) = block_on(async {
+        let ready = reqwest::get(format!("{base}/readyz")).await.expect("readyz");
+        let status = ready.status().as_u16();
+        let body: Value = serde_json::from_str(&ready.text().await.unwrap()).unwrap();
+        let (outcome, _) = connect_bearer(&server.url(), &token, &[]).await;
+        ((status, body), outcome)
+    });
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    let check = ready.1["checks"]["redis"].as_str().unwrap_or_default().to_owned();
+    assert!(check.contains("NOAUTH") || check.to_lowercase().contains("auth"), "{}", ready.1);
+    handshake.assert_http(503, "service_unavailable");
+    server.terminate();
+    assert_no_piece_of("Redis password", password, 8, &server.logs());
 
     let url = format!("redis://:{password}@{addr}");
     let env = [("AG_INC_SECRET", SECRET), ("AGENTGATE_BACKEND__REDIS_URL", url.as_str())];
     let out = sb.doctor(&["--config", &cfg], &env);
     find_line(&out, "info", "backend.redis_url", &["reachable", &format!("redis://:****@{addr}")]);
-    find_line(&out, "error", "backend.kind", &["redis", "Fix:", "memory"]);
     assert_no_piece_of("Redis password", password, 8, &describe(&out));
 
-    let out = sb.run(&["serve", "--config", &cfg], &env);
-    assert_status(&out, 64);
-    assert!(stderr_of(&out).contains("backend.kind"), "{}", describe(&out));
-    assert_no_piece_of("Redis password", password, 8, &describe(&out));
+    let mut server = sb.serve(&[], &cfg, &env);
+    let (outcome, ws) = block_on(connect_bearer(&server.url(), &token, &[]));
+    let welcome = outcome.welcome();
+    assert!(welcome["session_id"].as_str().unwrap().starts_with("s_"));
+    block_on(close(ws));
+    server.terminate();
+    assert_no_piece_of("Redis password", password, 8, &server.logs());
 }

@@ -54,7 +54,7 @@ impl DemoInput {
 /// # Errors
 /// The session is gone or its backend unreachable: the run cannot be delivered.
 pub(crate) async fn run(input: DemoInput, sink: RunSink) -> Result<Outcome, StoreError> {
-    sink.append(EventType::AgentStarted, json!({"agent": "demo"})).await?;
+    sink.emit(EventType::AgentStarted, json!({"agent": "demo"})).await?;
     let words = input.prompt.split_whitespace().count();
     let pause = || tokio::time::sleep(input.delay);
     pause().await;

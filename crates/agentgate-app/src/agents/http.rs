@@ -103,7 +103,7 @@ pub(crate) async fn run(client: &reqwest::Client, run: HttpRun, sink: RunSink) -
     if !status.is_success() {
         return Ok(failed("upstream_error", format!("the upstream answered HTTP {status}")));
     }
-    sink.append(EventType::AgentStarted, json!({"agent": run.name})).await?;
+    sink.emit(EventType::AgentStarted, json!({"agent": run.name})).await?;
     let sse = response
         .headers()
         .get("content-type")
@@ -201,7 +201,7 @@ async fn handle(payload: &str, sink: &RunSink) -> Result<Option<Outcome>, StoreE
     if ty.is_terminal() {
         return Ok(Some(Outcome::Terminal { ty, data }));
     }
-    sink.append(ty, data).await?;
+    sink.emit(ty, data).await?;
     Ok(None)
 }
 

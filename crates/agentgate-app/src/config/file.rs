@@ -30,6 +30,7 @@ pub(crate) struct ServerFile {
     pub(crate) max_message_bytes: u64,
     pub(crate) shutdown_grace_s: u64,
     pub(crate) metrics_listen: Option<String>,
+    pub(crate) write_timeout_s: u64,
     /// agentgate extension: interval of server pings, announced in the welcome.
     pub(crate) heartbeat_ms: u64,
     /// agentgate extension: time a client has to send its HTTP request head.
@@ -47,6 +48,7 @@ impl Default for ServerFile {
             max_message_bytes: 1_048_576,
             shutdown_grace_s: 10,
             metrics_listen: None,
+            write_timeout_s: 10,
             heartbeat_ms: 25_000,
             handshake_timeout_ms: 10_000,
         }
@@ -139,11 +141,13 @@ pub(crate) struct ApiKeyFile {
 pub(crate) struct SessionsFile {
     pub(crate) resume_window_s: u64,
     pub(crate) buffer_events: u64,
+    pub(crate) buffer_bytes: u64,
+    pub(crate) memory_limit_bytes: u64,
 }
 
 impl Default for SessionsFile {
     fn default() -> Self {
-        Self { resume_window_s: 300, buffer_events: 1024 }
+        Self { resume_window_s: 300, buffer_events: 1024, buffer_bytes: 1_048_576, memory_limit_bytes: 1_073_741_824 }
     }
 }
 
@@ -151,12 +155,13 @@ impl Default for SessionsFile {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RunsFile {
     pub(crate) retention_s: u64,
+    pub(crate) retained_per_principal: u64,
     pub(crate) orphan_timeout_s: u64,
 }
 
 impl Default for RunsFile {
     fn default() -> Self {
-        Self { retention_s: 3600, orphan_timeout_s: 15 }
+        Self { retention_s: 3600, retained_per_principal: 256, orphan_timeout_s: 15 }
     }
 }
 
@@ -168,6 +173,8 @@ pub(crate) struct LimitsFile {
     pub(crate) connections_per_principal: u64,
     pub(crate) messages_per_s: u64,
     pub(crate) runs_per_principal: u64,
+    pub(crate) sessions_per_principal: u64,
+    pub(crate) tickets_per_principal: u64,
 }
 
 impl Default for LimitsFile {
@@ -178,6 +185,8 @@ impl Default for LimitsFile {
             connections_per_principal: 64,
             messages_per_s: 50,
             runs_per_principal: 16,
+            sessions_per_principal: 64,
+            tickets_per_principal: 16,
         }
     }
 }

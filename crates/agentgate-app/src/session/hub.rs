@@ -4,7 +4,8 @@
 //! connection `slow_consumer`, and the client resumes to get the rest.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use agentgate_protocol::ErrorCode;
 use tokio::sync::{mpsc, watch};
@@ -20,15 +21,31 @@ pub struct Attachment {
     pub tx: mpsc::Sender<StoredEvent>,
     /// Tells the connection to close with a code (slow consumer, takeover, ...).
     pub kick: watch::Sender<Option<ErrorCode>>,
+    /// Bytes of the frames queued and not yet taken by the writer (the subscription
+    /// subtracts what it takes).
+    pub queued: Arc<AtomicUsize>,
 }
 
 /// Sessions attached on this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     attached: Mutex<HashMap<String, Attachment>>,
+    queue_bytes: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self { attached: Mutex::new(HashMap::new()), queue_bytes: usize::MAX }
+    }
 }
 
 impl Hub {
+    /// A hub whose queues hold at most `queue_bytes` of frames each (always at least
+    /// one event): a connection whose queue would pass it is closed `slow_consumer`.
+    pub fn with_queue_bytes(queue_bytes: usize) -> Self {
+        Self { queue_bytes, ..Self::default() }
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<String, Attachment>> {
         self.attached.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -65,12 +82,34 @@ impl Hub {
         }
     }
 
-    /// Hand an event to the attached connection, if any, without waiting.
+    /// Close connection `conn_id` with `code` if it is the one attached to the session.
+    pub fn kick_conn(&self, session_id: &str, conn_id: u64, code: ErrorCode) {
+        let mut map = self.map();
+        if map.get(session_id).is_some_and(|a| a.conn_id == conn_id)
+            && let Some(a) = map.remove(session_id)
+        {
+            let _ = a.kick.send(Some(code));
+        }
+    }
+
+    /// The sessions attached on this node.
+    pub fn sessions(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+
+    /// Hand an event to the attached connection, if any, without waiting. The bound on
+    /// a connection's queue (events, and bytes) is decided here.
     pub fn deliver(&self, session_id: &str, event: StoredEvent) {
         let mut map = self.map();
         let Some(a) = map.get(session_id) else { return };
-        match a.tx.try_send(event) {
-            Ok(()) => {}
+        let len = event.text.len();
+        let queued = a.queued.load(Ordering::Relaxed);
+        let over_bytes = queued > 0 && queued.saturating_add(len) > self.queue_bytes;
+        let sent = if over_bytes { Err(mpsc::error::TrySendError::Full(event)) } else { a.tx.try_send(event) };
+        match sent {
+            Ok(()) => {
+                a.queued.fetch_add(len, Ordering::Relaxed);
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if let Some(a) = map.remove(session_id) {
                     let _ = a.kick.send(Some(ErrorCode::SlowConsumer));

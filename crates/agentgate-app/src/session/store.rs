@@ -1,8 +1,8 @@
 //! The session store interface: everything about a session that must survive a
 //! connection, and that several gateway nodes must share. The in-memory store
-//! ([`super::MemoryStore`]) implements it today; a Redis store implements the same
-//! operations (`INCR` + sorted set + `PUBLISH` in one script for `append`, key TTLs for
-//! expiry), so no semantics live outside this trait.
+//! ([`super::MemoryStore`]) and the Redis store (`crate::backend::redis`, one script
+//! per operation, key TTLs for expiry) implement the same operations, so no semantics
+//! live outside this trait.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -13,6 +13,17 @@ use agentgate_protocol::EventType;
 use serde_json::Value;
 
 use super::Owner;
+
+/// The JSON text of an event frame, split around its `seq` (PROTOCOL.md section 6):
+/// `head + seq + tail`. A store that assigns the seq elsewhere (a Redis script) joins
+/// the parts; the result is byte for byte what [`agentgate_protocol::EventFrame`]
+/// serializes to.
+pub fn frame_parts(event: &NewEvent) -> (String, String) {
+    let ty = serde_json::to_string(event.ty.as_str()).unwrap_or_default();
+    let run_id = serde_json::to_string(&event.run_id).unwrap_or_default();
+    let data = serde_json::to_string(&event.data).unwrap_or_default();
+    (format!("{{\"type\":{ty},\"seq\":"), format!(",\"run_id\":{run_id},\"ts_ms\":{},\"data\":{data}}}", event.ts_ms))
+}
 
 /// A boxed future, so the store can be used as `Arc<dyn SessionStore>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -26,6 +37,17 @@ pub enum StoreError {
     /// The backend cannot be reached.
     #[error("session backend unavailable: {0}")]
     Unavailable(String),
+    /// The append was suppressed: the run already has its terminal event, or this
+    /// event of the run was appended before (a retry).
+    #[error("event already appended")]
+    Duplicate,
+    /// The principal holds `limits.sessions_per_principal` sessions (the number), none
+    /// of them detached: the new connection is refused `too_many_connections`.
+    #[error("the principal already holds {0} sessions, all attached (limits.sessions_per_principal)")]
+    SessionLimit(usize),
+    /// The principal holds `limits.tickets_per_principal` live tickets (the number).
+    #[error("the principal already holds {0} live tickets (limits.tickets_per_principal)")]
+    TicketLimit(usize),
 }
 
 /// An event to append; the store gives it its `seq`.
@@ -39,6 +61,9 @@ pub struct NewEvent {
     pub ts_ms: u64,
     /// Payload.
     pub data: Value,
+    /// The event's number within its run (1, 2, ...), so that a retried append is
+    /// suppressed; 0 for none.
+    pub rseq: u64,
 }
 
 /// An event as stored: its seq and its exact JSON text (the `seq` is inside).
@@ -76,23 +101,47 @@ pub struct Holder {
 /// Durable session state: identity, seq, bounded event buffer, time to live.
 pub trait SessionStore: Send + Sync + Debug + 'static {
     /// Create a session for `owner`, detached (its resume window running) until
-    /// attached. Returns its id.
+    /// attached. Returns its id. At `limits.sessions_per_principal` the owner's session
+    /// detached longest ago is dropped first; with none detached this is
+    /// [`StoreError::SessionLimit`].
     fn create(&self, owner: Owner) -> BoxFuture<'_, Result<String, StoreError>>;
+
+    /// Whether `owner` may create one more session now: under
+    /// `limits.sessions_per_principal`, or holding a detached session that creating
+    /// would drop. Asked before the upgrade so that a refusal is an HTTP 429.
+    fn admits_new_session(&self, owner: &Owner) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let _ = owner;
+        Box::pin(async { Ok(true) })
+    }
 
     /// The owner of a live session; `None` if unknown or expired.
     fn owner(&self, session_id: &str) -> BoxFuture<'_, Result<Option<Owner>, StoreError>>;
 
     /// Give `event` the session's next seq (contiguous from 1), keep it in the
-    /// bounded buffer, and publish it for live delivery, atomically: events of one
-    /// session are published in seq order.
+    /// bounded buffer, and publish it to the holder's node for live delivery,
+    /// atomically: events of one session are published in seq order. A terminal event
+    /// of a run that already has one, or a repeated `rseq` of a run, is suppressed
+    /// ([`StoreError::Duplicate`]), so each run has exactly one terminal event.
+    /// Appends of one node are stored in the order they were made, also after those
+    /// handed to [`SessionStore::append_later`].
     fn append(&self, session_id: &str, event: NewEvent) -> BoxFuture<'_, Result<StoredEvent, StoreError>>;
+
+    /// Hand a non-terminal event over for appending, in order, without waiting for
+    /// it to be stored. While the backend is unreachable such events are held (up to
+    /// `backend.outage_buffer_events` per node) and appended once it returns.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the event cannot be held;
+    /// [`StoreError::NotFound`] when the store knows at once that the session is gone.
+    fn append_later(&self, session_id: &str, event: NewEvent) -> Result<(), StoreError>;
 
     /// Buffered events with seq greater than `after`.
     fn read_after(&self, session_id: &str, after: u64) -> BoxFuture<'_, Result<History, StoreError>>;
 
-    /// Record `holder` as the connection attached to the session (stopping its
-    /// expiry). Any other holder, on any node, is told it was taken over.
-    fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Record `holder` as the connection attached to the session (its expiry paused
+    /// while attached). Returns the previous holder, which the caller tells it was
+    /// taken over.
+    fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<Option<Holder>, StoreError>>;
 
     /// If `holder` is attached, detach it and start the resume window.
     fn detach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -5,6 +5,7 @@
 //! this type, so the tests check the code that runs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentgate_protocol::ErrorCode;
 use tokio::sync::{mpsc, watch};
@@ -13,6 +14,7 @@ use super::Owner;
 use super::cursor::{Cursor, Step, resume_point};
 use super::hub::{Attachment, Hub};
 use super::store::{Holder, SessionStore, StoreError, StoredEvent};
+use crate::backend::{Backend, Signal};
 
 /// What a client asked to resume: session id and last seen seq.
 pub type Resume = Option<(String, u64)>;
@@ -40,6 +42,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     holder: Holder,
     cursor: Cursor,
+    queued: Arc<AtomicUsize>,
     /// Live events, in publication order. Receiving is cancel-safe.
     pub events: mpsc::Receiver<StoredEvent>,
     /// Set when the connection must close (slow consumer, takeover).
@@ -53,7 +56,7 @@ impl Subscription {
     /// # Errors
     /// The store cannot be used.
     pub async fn open(
-        store: Arc<dyn SessionStore>,
+        backend: &Backend,
         hub: Arc<Hub>,
         holder: Holder,
         owner: &Owner,
@@ -61,16 +64,19 @@ impl Subscription {
         resumable: bool,
         queue: usize,
     ) -> Result<(Self, Opened), StoreError> {
+        let store = Arc::clone(&backend.sessions);
         let (tx, events) = mpsc::channel(queue.max(1));
         let (kick, kicked) = watch::channel(None);
-        let mut attachment = Some(Attachment { conn_id: holder.conn_id, tx, kick });
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut attachment = Some(Attachment { conn_id: holder.conn_id, tx, kick, queued: Arc::clone(&queued) });
         let (mut last_seq, mut resume_error) = (0, None);
         let mut session_id = None;
         if let Some((sid, last)) = resume {
             if resumable {
                 hub.attach(&sid, attachment.take().expect("attachment unused"));
                 match store.attach(&sid, holder.clone()).await {
-                    Ok(()) => {
+                    Ok(previous) => {
+                        take_over(backend, &sid, &holder, previous).await;
                         last_seq = last;
                         session_id = Some(sid);
                     }
@@ -97,7 +103,10 @@ impl Subscription {
                     return Err(StoreError::Unavailable("attachment lost".into()));
                 };
                 hub.attach(&sid, attachment);
-                store.attach(&sid, holder.clone()).await?;
+                if let Err(e) = store.attach(&sid, holder.clone()).await {
+                    hub.detach(&sid, holder.conn_id);
+                    return Err(e);
+                }
                 sid
             }
         };
@@ -118,10 +127,11 @@ impl Subscription {
             cursor.advance(last.seq);
         }
         let opened = Opened { session_id: session_id.clone(), resumed, resume_error, first_seq, replay };
-        Ok((Self { session_id, store, hub, holder, cursor, events, kicked }, opened))
+        Ok((Self { session_id, store, hub, holder, cursor, queued, events, kicked }, opened))
     }
 
     /// The session id.
+    #[must_use]
     pub fn session_id(&self) -> &str {
         &self.session_id
     }
@@ -135,6 +145,8 @@ impl Subscription {
     /// itself when it is the next one, or the missing events (read from the store)
     /// followed by it.
     pub async fn accept(&mut self, event: StoredEvent) -> Vec<StoredEvent> {
+        let len = event.text.len();
+        let _ = self.queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(len)));
         let seq = event.seq;
         match self.cursor.step(seq) {
             Step::Skip => Vec::new(),
@@ -162,5 +174,19 @@ impl Subscription {
         if let Err(e) = self.store.detach(&self.session_id, self.holder.clone()).await {
             tracing::warn!(session_id = %self.session_id, error = %e, "could not detach session");
         }
+    }
+}
+
+/// The session was attached elsewhere: a holder on this node was already closed by
+/// [`Hub::attach`]; one on another node is told through the bus.
+async fn take_over(backend: &Backend, session_id: &str, me: &Holder, previous: Option<Holder>) {
+    let Some(old) = previous else { return };
+    if old.node == me.node {
+        return;
+    }
+    let signal =
+        Signal::Kick { session_id: session_id.to_owned(), conn_id: old.conn_id, code: ErrorCode::SessionTakenOver };
+    if let Err(e) = backend.bus.send(&old.node, signal).await {
+        tracing::warn!(session_id, error = %e, "could not tell the previous holder's node about the takeover");
     }
 }
