@@ -52,6 +52,10 @@ pub enum ClientError {
     /// The gateway could not be reached or the connection broke: refused, unreachable,
     /// DNS, TLS, reset, or ended without a close frame.
     Network(String),
+    /// The TLS handshake of a `wss://` URL failed: the gateway's certificate does not
+    /// verify (unknown issuer, wrong name, expired), or the two sides share no protocol.
+    /// A network failure (exit 6) whose message names the TLS error.
+    Tls(String),
     /// The reply made no sense for this protocol: not a WebSocket endpoint, a frame that
     /// is not a JSON object with a `type`, a binary frame, a missing welcome.
     Protocol(String),
@@ -156,7 +160,7 @@ impl ClientError {
         match self {
             Self::Rejected { status, .. } => ErrorClass::of_http_status(*status),
             Self::Closed { close_code, .. } => ErrorClass::of_close_code(*close_code),
-            Self::Network(_) | Self::Timeout(_) => ErrorClass::Network,
+            Self::Network(_) | Self::Timeout(_) | Self::Tls(_) => ErrorClass::Network,
             Self::Protocol(_) => ErrorClass::Protocol,
             Self::InvalidInput(_) => ErrorClass::Usage,
         }
@@ -188,6 +192,14 @@ impl ClientError {
         match self {
             Self::Rejected { retry_after_s: Some(s), .. } => Some(Duration::from_secs(*s)),
             _ => None,
+        }
+    }
+
+    /// A close frame (or its absence, as 1005) as an error.
+    pub fn from_close(frame: Option<&tungstenite::protocol::CloseFrame>) -> Self {
+        match frame {
+            Some(f) => Self::closed(u16::from(f.code), f.reason.as_str()),
+            None => Self::closed(1005, ""),
         }
     }
 
@@ -223,12 +235,15 @@ impl ClientError {
 
     /// A tungstenite error, during or after the handshake, with `endpoint` (`host:port`,
     /// never the URL, which may carry a credential) for context.
-    pub(crate) fn from_ws(e: tungstenite::Error, endpoint: &str) -> Self {
+    pub fn from_ws(e: tungstenite::Error, endpoint: &str) -> Self {
         use tungstenite::Error as E;
         match e {
             E::Http(resp) => Self::rejected(&resp),
-            E::Io(e) => Self::Network(format!("cannot talk to {endpoint}: {e}")),
-            E::Tls(e) => Self::Network(format!("TLS with {endpoint} failed: {e}")),
+            E::Io(e) => match crate::tls::tls_cause(&e) {
+                Some(cause) => Self::Tls(format!("TLS handshake with {endpoint} failed: {cause}")),
+                None => Self::Network(format!("cannot talk to {endpoint}: {e}")),
+            },
+            E::Tls(e) => Self::Tls(format!("TLS handshake with {endpoint} failed: {e}")),
             E::Url(UrlError::TlsFeatureNotEnabled) => Self::Network(
                 "wss:// needs TLS, which this build of agentgate-client does not include; \
                  connect with ws:// through a local TLS-terminating proxy"
@@ -279,6 +294,12 @@ impl fmt::Display for ClientError {
                 f,
                 "network error: {what}; check the URL and that the gateway is running and reachable, \
                  then retry with backoff"
+            ),
+            Self::Tls(what) => write!(
+                f,
+                "TLS error: {what}; the gateway's certificate must verify against the system's trust roots, or \
+                 against --ca-file (the CA that signed it); check the host name in the URL matches the certificate \
+                 (retrying will not help until the certificate or the CA file is fixed)"
             ),
             Self::Timeout(what) => {
                 write!(f, "timed out: {what}; the gateway or the network is slow or down, retry with backoff")

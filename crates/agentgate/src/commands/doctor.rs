@@ -1,4 +1,4 @@
-//! `agentgate doctor [--config FILE] [--offline] [--url URL --token-env VAR | --token-file F] [--json]`.
+//! `agentgate doctor [--config FILE] [--offline] [--url URL --token-env VAR | --token-file F] [--ca-file F] [--json]`.
 //!
 //! The configuration checks are `agentgate_app::doctor`; this command adds the one
 //! real connection of `--url` (made with the client library, so its failure classes
@@ -139,7 +139,10 @@ async fn check_connection(url: &str, args: &DoctorArgs, env: &Env, report: &mut 
         }
     };
     let fp = fingerprint(token.as_bytes());
-    let client = Client::new(url, Credential::Header(token.clone())).connect_timeout(CONNECT_TIMEOUT);
+    let mut client = Client::new(url, Credential::Header(token.clone())).connect_timeout(CONNECT_TIMEOUT);
+    if let Some(ca) = &args.ca_file {
+        client = client.ca_file(ca);
+    }
     let gateway_verdict = match client.connect().await {
         Ok(conn) => {
             report.push(welcome_finding(url, conn.welcome().json(), &fp, &source));
@@ -221,6 +224,7 @@ fn failure_finding(url: &str, e: &ClientError, fp: &str, source: &str) -> Findin
         ClientError::Timeout(what) => {
             (format!("network error: timed out: {what} (nothing was authenticated)"), json!({"error": what}))
         }
+        ClientError::Tls(what) => (format!("TLS error: {what} (nothing was authenticated)"), json!({"error": what})),
         ClientError::Protocol(what) => (format!("protocol error talking to {at}: {what}"), json!({"error": what})),
         ClientError::InvalidInput(what) => (format!("cannot connect to {at}: {what}"), json!({"error": what})),
     };
@@ -249,6 +253,10 @@ fn fix_for(e: &ClientError) -> String {
         ClientError::Network(_) | ClientError::Timeout(_) => "check that the gateway is running and listening at \
              this host and port (server.listen, or the address it wrote to server.addr_file), and that no \
              firewall or proxy is in the way; this is not an authentication failure"
+            .to_owned(),
+        ClientError::Tls(_) => "the gateway's certificate does not verify: pass --ca-file with the CA that signed it \
+             (or install that CA in the system's trust store), check that the URL's host name is one the \
+             certificate names, and that it has not expired; this is not an authentication failure"
             .to_owned(),
         ClientError::Protocol(_) => "check that the URL names the gateway's /v1/ws endpoint".to_owned(),
         ClientError::InvalidInput(_) => "correct the URL or the token".to_owned(),
@@ -325,6 +333,7 @@ mod tests {
             token_env: token_env.map(str::to_owned),
             token_file: None,
             json: false,
+            ca_file: None,
         }
     }
 

@@ -9,6 +9,8 @@
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
+pub(crate) mod pki;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -587,11 +589,22 @@ pub(crate) async fn next_frame(ws: &mut Ws) -> Frame {
 
 /// Connect to `url` with these request headers, and read the first frame.
 pub(crate) async fn connect(url: &str, headers: &[(&str, &str)]) -> (Outcome, Option<Ws>) {
+    connect_with(url, headers, None).await
+}
+
+/// [`connect`] with a TLS connector (for `wss://`: a rustls client trusting only the
+/// test's CA).
+pub(crate) async fn connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    tls: Option<tokio_tungstenite::Connector>,
+) -> (Outcome, Option<Ws>) {
     let mut req = url.into_client_request().expect("request");
     for (k, v) in headers {
         req.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
     }
-    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req)).await.expect("handshake in time") {
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(req, None, true, tls);
+    match tokio::time::timeout(STEP, connecting).await.expect("handshake in time") {
         Ok((mut ws, _)) => match next_frame(&mut ws).await {
             Frame::Text(v) => (Outcome::Welcome(v), Some(ws)),
             Frame::Close(code, reason) => (Outcome::Closed { code, reason }, None),
