@@ -344,7 +344,7 @@ fn redis_config(sb: &Sandbox, name: &str, url: &str) -> String {
 
 #[test]
 fn redis_without_a_password_is_named_noauth_and_with_one_reachable_never_printed() {
-    let Some(redis) = RedisServer::start(REDIS_PASSWORD) else { return };
+    let redis = RedisServer::start(REDIS_PASSWORD);
     let sb = Sandbox::new();
     let addr = redis.addr();
     let cfg = redis_config(&sb, "redis.toml", &format!("redis://{addr}"));

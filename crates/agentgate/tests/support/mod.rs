@@ -327,12 +327,6 @@ pub(crate) fn closed_port() -> u16 {
 // A real Redis
 // ---------------------------------------------------------------------------------
 
-/// Whether `CI` is set (to anything but empty, `0` or `false`): then a missing
-/// dependency of a test fails it instead of skipping it.
-pub(crate) fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
 /// A real `redis-server` on a free loopback port, with `requirepass`, no persistence;
 /// killed and reaped on drop.
 pub(crate) struct RedisServer {
@@ -341,24 +335,16 @@ pub(crate) struct RedisServer {
 }
 
 impl RedisServer {
-    /// Started and answering; `None`, with a loud message, when `redis-server` is not
-    /// installed, unless `CI` is set: then a panic.
-    pub(crate) fn start(password: &str) -> Option<Self> {
+    /// Started and answering; a missing `redis-server` fails the test (whatever CI
+    /// says), naming how to install it.
+    pub(crate) fn start(password: &str) -> Self {
         let Some(program) = std::env::var_os("PATH")
             .and_then(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).find(|p| p.is_file()))
         else {
-            assert!(
-                !in_ci(),
-                "redis-server is not installed, and CI is set: a missing Redis fails CI (.ci/run installs it)"
+            panic!(
+                "redis-server is not on PATH, so this test cannot run (a missing peer is a failure, never a skip); \
+                 install it: apt-get install redis-server (as .ci/run does)"
             );
-            eprintln!(
-                "\n**************************************************************\n\
-                 SKIPPED: redis-server is not on PATH; install it\n  \
-                 (apt-get install redis-server, as .ci/run does).\n\
-                 Under CI=true this is a failure.\n\
-                 **************************************************************\n"
-            );
-            return None;
         };
         // A port picked then released may be taken meanwhile: a few tries.
         let mut last = String::new();
@@ -373,7 +359,7 @@ impl RedisServer {
                 .stderr(Stdio::null());
             let mut server = Self { child: c.spawn().expect("spawn redis-server"), port };
             match server.wait_ready() {
-                Ok(()) => return Some(server),
+                Ok(()) => return server,
                 Err(e) => last = e,
             }
         }
