@@ -343,6 +343,33 @@ fn redis_config(sb: &Sandbox, name: &str, url: &str) -> String {
 }
 
 #[test]
+fn rediss_is_probed_over_tls_verified_by_redis_ca_file_and_names_the_tls_error_without_it() {
+    let sb = Sandbox::new();
+    let ca = support::pki::Ca::new("redis test CA");
+    let (cert, key) = support::pki::write_pair(sb.path(), "redis", &ca.server("redis"));
+    let ca_file = ca.write(sb.path(), "redis-ca.pem");
+    let redis = RedisServer::start_tls(REDIS_PASSWORD, &cert, &key);
+    let url = format!("rediss://:{REDIS_PASSWORD}@{}", redis.addr());
+    let shown = format!("rediss://:****@{}", redis.addr());
+    let with_ca = sb.config(
+        "rediss.toml",
+        &format!("[backend]\nkind = \"redis\"\nredis_url = \"{url}\"\nredis_ca_file = {}\n", toml_str(&ca_file)),
+    );
+    let out = sb.doctor(&["--config", &with_ca], &[]);
+    find_line(&out, "info", "backend.redis_url", &["reachable", "PONG", "over TLS", "backend.redis_ca_file", &shown]);
+    assert_no_piece_of("Redis password", REDIS_PASSWORD, 8, &describe(&out));
+
+    // Without the CA file the system's roots do not know the test CA: the TLS error is
+    // named, with the fix.
+    let without = redis_config(&sb, "rediss-no-ca.toml", &url);
+    let out = sb.doctor(&["--config", &without], &[]);
+    assert_status(&out, 1);
+    let line = find_line(&out, "error", "backend.redis_url", &["TLS", "UnknownIssuer", "Fix:"]);
+    assert!(line.contains("backend.redis_ca_file"), "{line}");
+    assert_no_piece_of("Redis password", REDIS_PASSWORD, 8, &describe(&out));
+}
+
+#[test]
 fn redis_without_a_password_is_named_noauth_and_with_one_reachable_never_printed() {
     let redis = RedisServer::start(REDIS_PASSWORD);
     let sb = Sandbox::new();

@@ -367,6 +367,53 @@ impl RedisServer {
     }
 
     /// Until it answers `PING` (with `NOAUTH`: it wants the password), bounded.
+    /// A TLS-only Redis (`--port 0 --tls-port P`) with this server certificate and key,
+    /// not asking clients for certificates; started once its port accepts connections.
+    pub(crate) fn start_tls(password: &str, cert: &Path, key: &Path) -> Self {
+        let Some(program) = std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).find(|p| p.is_file()))
+        else {
+            panic!(
+                "redis-server is not on PATH, so this test cannot run (a missing peer is a failure, never a skip); \
+                 install it: apt-get install redis-server (as .ci/run does)"
+            );
+        };
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = closed_port();
+            let mut c = Command::new(&program);
+            c.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .args(["--appendonly", "no", "--requirepass", password, "--loglevel", "warning"])
+                .args(["--tls-cert-file", &cert.display().to_string(), "--tls-key-file", &key.display().to_string()])
+                .args(["--tls-auth-clients", "no"])
+                .current_dir(std::env::temp_dir())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut server = Self { child: c.spawn().expect("spawn redis-server"), port };
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = server.child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    last = format!("exited with {status}: {err}");
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return server;
+                }
+                if Instant::now() >= deadline {
+                    last = format!("port {port} not accepting within {START_TIMEOUT:?}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis-server with TLS did not start (is it built with TLS support?): {last}")
+    }
+
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
