@@ -52,7 +52,7 @@ fn a_good_config_exits_0_and_lists_the_key_fingerprint() {
     find_line(&out, "info", "server.listen", &["loopback"]);
     assert!(!stdout_of(&out).contains("\nerror"), "{}", describe(&out));
     let last = lines(&out).pop().unwrap();
-    assert_eq!(last, "agentgate doctor: 0 errors, 0 warnings, 5 info", "{}", describe(&out));
+    assert_eq!(last, "agentgate doctor: 0 errors, 0 warnings, 6 info", "{}", describe(&out));
 }
 
 #[test]
@@ -552,4 +552,18 @@ fn no_secret_or_token_appears_in_any_output() {
     assert!(!seen.contains(token.split('.').nth(1).unwrap()), "no token payload");
     assert!(seen.contains(&fingerprint(SECRET.as_bytes())), "the secret's fingerprint is shown");
     assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn origins_are_reported_empty_means_pages_are_refused_and_a_star_is_a_warning() {
+    let sb = Sandbox::new();
+    let cfg = sb.config("default.toml", "");
+    let out = sb.doctor(&["--config", &cfg, "--offline"], &[]);
+    find_line(&out, "info", "server.allowed_origins", &["empty", "every browser page is refused", "Origin: null"]);
+    let star = sb.config("star.toml", "allowed_origins = [\"*\"]");
+    let out = sb.doctor(&["--config", &star, "--offline"], &[]);
+    find_line(&out, "warning", "server.allowed_origins", &["any site", "Fix:"]);
+    let listed = sb.config("listed.toml", "allowed_origins = [\"http://localhost:3000\"]");
+    let out = sb.doctor(&["--config", &listed, "--offline"], &[]);
+    find_line(&out, "info", "server.allowed_origins", &["http://localhost:3000"]);
 }
