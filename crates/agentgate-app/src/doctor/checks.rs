@@ -225,7 +225,10 @@ pub(super) fn check_origins_and_transport(config: &Config, report: &mut Report) 
     } else {
         report.push(Finding::info(
             "server.allowed_origins",
-            format!("browser pages from {} may connect; others are refused origin_not_allowed", s.allowed_origins.join(", ")),
+            format!(
+                "browser pages from {} may connect; others are refused origin_not_allowed",
+                s.allowed_origins.join(", ")
+            ),
         ));
     }
     if let Some(tls) = &s.tls {

@@ -2,6 +2,7 @@
 //! the MCP client receives and for the log.
 
 use agentgate_client::ClientError;
+use agentgate_protocol::{ClientClass, ErrorCode};
 use serde_json::{Value, json};
 
 use super::connecting::what;
@@ -63,36 +64,22 @@ pub(super) fn refusal(e: &ClientError, target: &Target, token: &Token) -> Refusa
             token.from
         ),
     };
-    let hint = match code.as_str() {
-        "token_expired" => format!("the token (fingerprint {}) has expired: {renew}", token.fp),
-        "token_revoked" => format!("the token (fingerprint {}) was revoked: {renew}", token.fp),
-        "signature_invalid" | "key_unknown" | "issuer_invalid" | "audience_invalid" | "algorithm_not_allowed" => {
-            format!(
-                "the token (fingerprint {}) was not issued for this gateway (compare keys with `agentgate token inspect` \
-             and `agentgate doctor`): {renew}",
-                token.fp
-            )
-        }
-        "token_malformed"
-        | "api_key_invalid"
-        | "claim_missing"
-        | "token_type_invalid"
-        | "token_not_yet_valid"
-        | "token_missing"
-        | "auth_timeout"
-        | "ticket_invalid" => {
-            format!("the token (fingerprint {}) is not a usable access token: {renew}", token.fp)
-        }
-        "scope_missing" => format!(
-            "the token lacks scope \"mcp:{server}\" (or \"mcp:*\"): mint one with agentgate token mint --config GATEWAY.toml --scope \"mcp:{server}\", put it in \
-             {}, and restart the MCP server in your IDE",
+    // The advice of the one table (ErrorCode::advice), with what an IDE user does about
+    // it: where the token goes, and the scope and server name of this --url.
+    let hint = match e.error_code() {
+        Some(ErrorCode::ScopeMissing) => format!(
+            "the token lacks scope \"mcp:{server}\" (or \"mcp:*\"): mint one with agentgate token mint --config \
+             GATEWAY.toml --sub NAME --scope \"mcp:{server}\", put it in {}, and restart the MCP server in your IDE",
             token.from
         ),
-        "mcp_server_unknown" => {
+        Some(ErrorCode::McpServerUnknown) => {
             format!("the gateway hosts no MCP server named {server:?}: fix --url in your IDE's MCP config")
         }
-        "anonymous_not_allowed" => format!("the token's principal is anonymous: {renew}"),
-        _ => format!("see the gateway's log; check --url {}", target.shown),
+        Some(c) if c.client_class() == ClientClass::Unauthorized || c == ErrorCode::AnonymousNotAllowed => {
+            format!("{} (token fingerprint {}); {renew}", c.advice(), token.fp)
+        }
+        Some(c) => format!("{}; check --url {}", c.advice(), target.shown),
+        None => format!("see the gateway's log; check --url {}", target.shown),
     };
     let shown_code = if code.is_empty() { what(e) } else { code.clone() };
     let mut message = format!("agentgate rejected the connection: {shown_code} — {hint}");
