@@ -607,7 +607,7 @@ async fn wss_verifies_against_the_ca_file_and_names_the_tls_error_otherwise() {
 
     // A CA file that is not one is the caller's mistake.
     let e =
-        Client::new(&url, Credential::Header(token)).ca_file(&cert.with_extension("nope")).connect().await.unwrap_err();
+        Client::new(&url, Credential::Header(token)).ca_file(cert.with_extension("nope")).connect().await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Usage, "{e:?}");
     server.shutdown().await;
 }
