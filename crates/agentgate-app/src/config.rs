@@ -7,6 +7,7 @@
 
 mod dev_key;
 pub(crate) mod file;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use agentgate_auth::{ApiKey, Authenticator, Issuer, KeyKind, Policy, SigningKey, VerifyKey, parse_alg, parse_jwks};
 
 pub use dev_key::{DEV_ISSUER, agentgate_home, dev_key_path, load_or_create_dev_key};
+pub use transport::read_ca_file;
 
 use crate::jwks::JwksSource;
 use file::{ConfigFile, JwtFile};
@@ -88,6 +90,10 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Time to send the HTTP request head (extension key `server.handshake_timeout_ms`).
     pub handshake_timeout: Duration,
+    /// TLS termination on `listen` (`server.tls_cert_file`, `server.tls_key_file`).
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Peers whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
 }
 
 /// `[auth]` settings other than the credential sources.
@@ -518,6 +524,9 @@ impl Config {
             });
         }
 
+        let tls = transport::tls(&f.server)?;
+        let trusted_proxies = transport::trusted_proxies(&f.server)?;
+        transport::redis(&f.backend)?;
         let policy = Policy {
             leeway_s: i64::try_from(f.auth.leeway_s).unwrap_or(i64::MAX),
             anonymous_roles: f.auth.anonymous_roles.clone(),
@@ -536,6 +545,8 @@ impl Config {
                 write_timeout: Duration::from_secs(f.server.write_timeout_s),
                 heartbeat: Duration::from_millis(f.server.heartbeat_ms),
                 handshake_timeout: Duration::from_millis(f.server.handshake_timeout_ms),
+                tls,
+                trusted_proxies,
             },
             auth: AuthConfig {
                 query_token: f.auth.query_token,

@@ -204,6 +204,7 @@ impl Conn<'_> {
                                 return End::Gone;
                             }
                             crate::metrics::events_sent(1);
+                            crate::metrics::event_delivered(&event.text);
                         }
                     }
                     None => return End::Close(ErrorCode::SlowConsumer),

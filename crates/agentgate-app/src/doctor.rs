@@ -224,6 +224,7 @@ pub async fn run(path: Option<&Path>, env: &Env, options: Options) -> Report {
     };
     report.push(Finding::info("config", format!("{source} (profile {})", profile_name(config.server.profile))));
     checks::check_exposure(&config, &mut report);
+    checks::check_origins_and_transport(&config, &mut report);
     checks::check_secrets(&config, raw.as_ref(), &mut report);
     checks::check_dev_key(&config, dev_key_existed, &mut report);
     if !options.offline {

@@ -9,6 +9,8 @@
 //! - [`routes`]: the pre-upgrade decisions for `/v1/ws`, health endpoints.
 //! - [`credentials`]: finding the one credential on a request.
 //! - [`limits`]: handshake rate and connection caps.
+//! - [`tls`] and [`client_ip`]: TLS termination with reload on SIGHUP; the client
+//!   address behind `server.trusted_proxies`.
 //! - [`tickets`], [`revocation`], [`api`]: one-time tickets, the revocation list,
 //!   and their HTTP endpoints.
 //! - [`error`]: a [`Rejection`] as an HTTP response or close frame.
@@ -20,6 +22,7 @@
 pub mod agents;
 pub mod api;
 pub mod backend;
+pub mod client_ip;
 pub mod config;
 pub mod connection;
 pub mod credentials;
@@ -38,6 +41,7 @@ pub mod session;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tickets;
+pub mod tls;
 
 pub use config::{Config, ConfigError, Env};
 pub use error::Rejection;

@@ -20,12 +20,29 @@ pub const EVENTS_SENT: &str = "agentgate_events_sent_total";
 pub const RUNS_ACTIVE: &str = "agentgate_runs_active";
 /// Sessions resumed.
 pub const SESSIONS_RESUMED: &str = "agentgate_sessions_resumed_total";
+/// Time from a `/v1/ws` request's arrival to the upgrade decision (origin, credential
+/// verification, admission), by outcome.
+pub const HANDSHAKE_DURATION: &str = "agentgate_handshake_duration_seconds";
+/// Time from an event's creation (`ts_ms`) to its frame being written to a live
+/// connection (replays on resume are not counted).
+pub const EVENT_DELIVERY: &str = "agentgate_event_delivery_seconds";
+
+/// Buckets of [`HANDSHAKE_DURATION`] (seconds): a local HMAC check takes well under a
+/// millisecond; a JWKS refetch can take a network round trip.
+const HANDSHAKE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Buckets of [`EVENT_DELIVERY`] (seconds; `ts_ms` has millisecond resolution).
+const DELIVERY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        use metrics_exporter_prometheus::Matcher;
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HANDSHAKE_DURATION.into()), HANDSHAKE_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(EVENT_DELIVERY.into()), DELIVERY_BUCKETS))
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
@@ -49,6 +66,38 @@ fn describe() {
     metrics::describe_counter!(EVENTS_SENT, "Event frames sent, replays included.");
     metrics::describe_gauge!(RUNS_ACTIVE, "Agent runs executing on this node.");
     metrics::describe_counter!(SESSIONS_RESUMED, "Sessions resumed.");
+    metrics::describe_histogram!(
+        HANDSHAKE_DURATION,
+        metrics::Unit::Seconds,
+        "Time from a /v1/ws request to the upgrade decision, by outcome."
+    );
+    metrics::describe_histogram!(
+        EVENT_DELIVERY,
+        metrics::Unit::Seconds,
+        "Time from an event's creation to its frame being written to a live connection."
+    );
+}
+
+/// Record how long the pre-upgrade decisions of a `/v1/ws` request took.
+pub fn handshake_decided(took: std::time::Duration, accepted: bool) {
+    let outcome = if accepted { "accepted" } else { "rejected" };
+    metrics::histogram!(HANDSHAKE_DURATION, "outcome" => outcome).record(took.as_secs_f64());
+}
+
+/// Record the delivery latency of an event frame just written (its `ts_ms` against now).
+pub fn event_delivered(frame: &str) {
+    if let Some(ts_ms) = ts_ms_of(frame) {
+        let now = crate::session::now_ms();
+        metrics::histogram!(EVENT_DELIVERY).record(now.saturating_sub(ts_ms) as f64 / 1000.0);
+    }
+}
+
+/// The `ts_ms` of an event frame's JSON text, found before its `data` (the frame's
+/// field order), without parsing the data.
+fn ts_ms_of(frame: &str) -> Option<u64> {
+    let at = frame.find("\"ts_ms\":")? + "\"ts_ms\":".len();
+    let digits: &str = frame[at..].trim_start().split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
 }
 
 /// Count a rejected handshake (or refused API request) with its code.
@@ -75,6 +124,16 @@ pub fn events_sent(n: u64) {
 /// Counts one open WebSocket while alive.
 #[derive(Debug)]
 pub struct ConnectionGauge(());
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ts_ms_is_read_from_the_frame_text() {
+        let f = r#"{"type":"agent_message","seq":3,"run_id":"r_x","ts_ms":1765000000123,"data":{"ts_ms":1}}"#;
+        assert_eq!(super::ts_ms_of(f), Some(1_765_000_000_123));
+        assert_eq!(super::ts_ms_of("{}"), None);
+    }
+}
 
 impl ConnectionGauge {
     /// One more open WebSocket.

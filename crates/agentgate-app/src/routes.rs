@@ -101,7 +101,9 @@ async fn agent_ws(
 ) -> Response {
     let request_id = id::request_id();
     let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
+    let started = std::time::Instant::now();
     let decision = decide(&app, &headers, &query, origin.as_deref(), remote, &request_id).await;
+    crate::metrics::handshake_decided(started.elapsed(), decision.is_ok());
     respond(&app, decision, ws.ok(), &headers, remote, request_id, connection::run)
 }
 

@@ -221,7 +221,13 @@ async fn serve_state(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Waits { connections: mut tracked, runs: mut drivers } = waits;
-    tracing::info!(addr = %local, "agentgate listening");
+    let tls = match &state.config.server.tls {
+        Some(t) => Some(crate::tls::Tls::new(t).map_err(std::io::Error::other)?),
+        None => None,
+    };
+    // Installed before anything is served: from now on SIGHUP never ends the process.
+    let sighup = crate::tls::spawn_sighup(tls.clone())?;
+    tracing::info!(addr = %local, tls = tls.is_some(), "agentgate listening");
     let metrics_server = match &state.config.server.metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|e| {
@@ -243,7 +249,11 @@ async fn serve_state(
         let _ = trigger_state.shutdown.send(true);
         let _ = stop_tx.send(());
     });
-    accept_loop(listener, app, stop_rx, state.config.server.handshake_timeout).await;
+    let transport = Transport {
+        tls: tls.as_ref().map(|t| t.acceptor()),
+        proxies: Arc::new(state.config.server.trusted_proxies.clone()),
+    };
+    accept_loop(listener, app, stop_rx, state.config.server.handshake_timeout, transport).await;
     // The accept loop has stopped; WebSockets are closing. Wait for them, bounded.
     drop(state.tracker.lock().unwrap_or_else(|p| p.into_inner()).take());
     state.runs.close_drivers();
@@ -261,6 +271,7 @@ async fn serve_state(
         m.abort();
     }
     refresher.abort();
+    sighup.abort();
     tracing::info!("agentgate stopped");
     Ok(())
 }
@@ -268,18 +279,26 @@ async fn serve_state(
 /// Largest request head (request line and headers); larger ones get 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// What the accept loop wraps around each TCP connection: TLS, when configured, and
+/// the client address behind trusted proxies.
+struct Transport {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxies: Arc<crate::client_ip::TrustedProxies>,
+}
+
 /// Accept connections until `stop` fires, serving each with HTTP/1.1 and upgrades.
 /// Unlike `axum::serve`, this sets a header read timeout (`server.handshake_timeout_ms`,
-/// the slowloris bound) and a head size cap, and
-/// hands each request its peer address as `ConnectInfo`.
+/// the slowloris bound, which also bounds the TLS handshake) and a head size cap, and
+/// hands each request its client address as `ConnectInfo` (the TCP peer, or the
+/// address a trusted proxy forwarded; see [`crate::client_ip`]).
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     head_timeout: Duration,
+    transport: Transport,
 ) {
     use axum::extract::ConnectInfo;
-    use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
     let (closing, closed) = watch::channel(());
@@ -297,32 +316,62 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let proxies = Arc::clone(&transport.proxies);
         let service = app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(remote));
+            let client = proxies.client_addr(remote, req.headers());
+            req.extensions_mut().insert(ConnectInfo(client));
+            req.extensions_mut().insert(crate::client_ip::PeerAddr(remote));
             req.map(axum::body::Body::new)
         });
         let service = hyper_util::service::TowerToHyperService::new(service);
-        let mut closed = closed.clone();
+        let closed = closed.clone();
+        let tls = transport.tls.clone();
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).max_buf_size(MAX_HEAD_BYTES);
-            let stream = crate::head_limit::HeadLimit::new(stream, MAX_HEAD_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(remote = %remote, error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                _ = closed.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
+            let Some(tls) = tls else { return serve_http(stream, service, head_timeout, closed, remote).await };
+            match tokio::time::timeout(head_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_http(stream, service, head_timeout, closed, remote).await,
+                Ok(Err(e)) => tracing::debug!(remote = %remote, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out (server.handshake_timeout_ms)"),
             }
         });
     }
     drop(closing);
+}
+
+/// Serve HTTP/1.1 with upgrades on one connection (plain or TLS) until it ends or the
+/// server closes.
+async fn serve_http<IO, S>(
+    io: IO,
+    service: S,
+    head_timeout: Duration,
+    mut closed: watch::Receiver<()>,
+    remote: SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).max_buf_size(MAX_HEAD_BYTES);
+    // The request head is capped at exactly MAX_HEAD_BYTES, whatever hyper buffers.
+    let io = crate::head_limit::HeadLimit::new(io, MAX_HEAD_BYTES);
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(remote = %remote, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = closed.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
 
 fn write_addr_file(path: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {

@@ -47,6 +47,17 @@ async fn agent(State(up): State<Arc<Upstream>>, headers: HeaderMap, body: String
             );
             Response::builder().header("content-type", "text/event-stream").body(Body::from(body)).unwrap()
         }
+        // An event whose data is exactly server.max_message_bytes (2048) bytes, one byte
+        // more, and exactly 2048 with CRLF line endings.
+        "sse_exact" | "sse_over" | "sse_exact_crlf" => {
+            let size = if mode == "sse_over" { 2049 } else { 2048 };
+            let empty = ev("agent_completed", json!({"result": {"pad": ""}}));
+            let data = ev("agent_completed", json!({"result": {"pad": "x".repeat(size - empty.len())}}));
+            assert_eq!(data.len(), size);
+            let nl = if mode == "sse_exact_crlf" { "\r\n" } else { "\n" };
+            let body = format!("event: message{nl}data: {data}{nl}{nl}");
+            Response::builder().header("content-type", "text/event-stream").body(Body::from(body)).unwrap()
+        }
         "status" => (StatusCode::BAD_GATEWAY, "nope").into_response(),
         "bad_json" => lines(vec!["this is not json".into()]),
         "unknown_type" => lines(vec![ev("agent_dancing", json!({}))]),
@@ -137,6 +148,22 @@ async fn ndjson_and_sse_streams_become_events_with_exactly_one_terminal() {
     assert_eq!(body["session_id"], welcome["session_id"]);
     assert!(body["run_id"].as_str().unwrap().starts_with("r_"));
     assert_eq!(body["principal"], json!({"subject": "alice", "tenant": "acme", "scopes": ["agents:run"]}));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_sse_event_of_exactly_max_message_bytes_is_accepted_and_one_more_byte_is_not() {
+    // The limit is on the event's data, not on the `data: ` line that carries it.
+    let (_up, addr) = upstream().await;
+    let server = gateway(&format!("http://{addr}/run")).await;
+    let (_, mut ws) = connect_ok(&server.ws_url("/v1/ws"), &server.mint("alice")).await;
+    for mode in ["sse_exact", "sse_exact_crlf"] {
+        let events = run(&mut ws, mode).await;
+        assert_eq!(types(&events), ["agent_started", "agent_completed"], "{mode}: {events:?}");
+        assert_eq!(events[1]["data"]["result"]["pad"].as_str().unwrap().len(), 2048 - 55, "{mode}");
+    }
+    let events = run(&mut ws, "sse_over").await;
+    assert_eq!(failure(&events).0, "upstream_protocol", "{events:?}");
     server.shutdown().await;
 }
 

@@ -55,6 +55,16 @@ async fn metrics_count_handshakes_failures_events_runs_and_connections() {
     assert!(d("agentgate_events_sent_total") >= 2.0 * events.len() as f64);
     assert!(d("agentgate_sessions_resumed_total") >= 1.0);
     assert!(value(&after, "agentgate_connections_active") >= 1.0);
+    // Latency histograms: Prometheus histograms with buckets, counts and sums.
+    assert!(value(&after, "agentgate_handshake_duration_seconds_count{outcome=\"accepted\"}") >= 2.0, "{after}");
+    assert!(value(&after, "agentgate_handshake_duration_seconds_count{outcome=\"rejected\"}") >= 1.0, "{after}");
+    assert!(
+        after.contains("agentgate_handshake_duration_seconds_bucket{outcome=\"accepted\",le=\"0.005\"}"),
+        "{after}"
+    );
+    assert!(value(&after, "agentgate_event_delivery_seconds_count") >= events.len() as f64, "{after}");
+    assert!(value(&after, "agentgate_event_delivery_seconds_bucket{le=\"+Inf\"}") >= events.len() as f64);
+    assert!(after.contains("# TYPE agentgate_event_delivery_seconds histogram"), "{after}");
     server.shutdown().await;
 }
 

@@ -34,7 +34,8 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
 /// How long [`Connection::close`] waits for the server's answering close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client WebSocket, plain or TLS.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Where and how to connect: the `/v1/ws` URL, the credential, and options.
 ///
@@ -46,6 +47,7 @@ pub struct Client {
     origin: Option<String>,
     connect_timeout: Duration,
     provider: Option<Arc<dyn TokenProvider>>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Client {
@@ -56,6 +58,7 @@ impl fmt::Debug for Client {
             .field("origin", &self.origin)
             .field("connect_timeout", &self.connect_timeout)
             .field("token_provider", &self.provider.is_some())
+            .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -63,7 +66,22 @@ impl fmt::Debug for Client {
 impl Client {
     /// A client for `url` (`ws://host:port/v1/ws`) presenting `credential`.
     pub fn new(url: impl Into<String>, credential: Credential) -> Self {
-        Self { url: url.into(), credential, origin: None, connect_timeout: DEFAULT_CONNECT_TIMEOUT, provider: None }
+        Self {
+            url: url.into(),
+            credential,
+            origin: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            provider: None,
+            ca_file: None,
+        }
+    }
+
+    /// For `wss://`: verify the gateway's certificate against only the PEM
+    /// certificates of this file, instead of the system's trust roots.
+    #[must_use]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
     }
 
     /// Send this `Origin` header, as a browser would.
@@ -127,14 +145,7 @@ impl Client {
     async fn open(&self, resume: Option<&Resume>) -> Result<Connection, ClientError> {
         let (request, endpoint) = build_request(&self.url, &self.credential, resume, self.origin.as_deref())?;
         let limit = self.connect_timeout;
-        let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
-        let (mut ws, _response) = match tokio::time::timeout(limit, connecting).await {
-            Err(_) => {
-                return Err(ClientError::Timeout(format!("no handshake answer from {endpoint} within {limit:?}")));
-            }
-            Ok(Err(e)) => return Err(ClientError::from_ws(e, &endpoint)),
-            Ok(Ok(pair)) => pair,
-        };
+        let mut ws = connect_raw(request, self.ca_file.as_deref(), limit, &endpoint).await?;
         if let Credential::FirstMessage(token) = &self.credential {
             let mut auth = json!({"type": "auth", "token": token});
             if let Some(r) = resume {
@@ -184,6 +195,31 @@ impl Client {
             close_sent: false,
             next_ref: 0,
         })
+    }
+}
+
+/// The WebSocket handshake of `request` (`ws://`, or `wss://` verified against the
+/// system's roots or only `ca_file`), bounded by `limit`; `endpoint` (`host:port`,
+/// never the URL) names the gateway in errors. The one way this crate, `agentgate
+/// connect`, `doctor` and `mcp-shim` open a socket, so all classify failures alike.
+///
+/// # Errors
+/// As [`Client::connect`], before the welcome.
+pub async fn connect_raw(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ca_file: Option<&std::path::Path>,
+    limit: Duration,
+    endpoint: &str,
+) -> Result<Ws, ClientError> {
+    let connector = match request.uri().scheme_str() {
+        Some("wss") => Some(crate::tls::connector(ca_file)?),
+        _ => None,
+    };
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
+    match tokio::time::timeout(limit, connecting).await {
+        Err(_) => Err(ClientError::Timeout(format!("no handshake answer from {endpoint} within {limit:?}"))),
+        Ok(Err(e)) => Err(ClientError::from_ws(e, endpoint)),
+        Ok(Ok((ws, _response))) => Ok(ws),
     }
 }
 

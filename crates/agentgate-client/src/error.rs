@@ -52,6 +52,10 @@ pub enum ClientError {
     /// The gateway could not be reached or the connection broke: refused, unreachable,
     /// DNS, TLS, reset, or ended without a close frame.
     Network(String),
+    /// The TLS handshake of a `wss://` URL failed: the gateway's certificate does not
+    /// verify (unknown issuer, wrong name, expired), or the two sides share no protocol.
+    /// A network failure (exit 6) whose message names the TLS error.
+    Tls(String),
     /// The reply made no sense for this protocol: not a WebSocket endpoint, a frame that
     /// is not a JSON object with a `type`, a binary frame, a missing welcome.
     Protocol(String),
@@ -156,7 +160,7 @@ impl ClientError {
         match self {
             Self::Rejected { status, .. } => ErrorClass::of_http_status(*status),
             Self::Closed { close_code, .. } => ErrorClass::of_close_code(*close_code),
-            Self::Network(_) | Self::Timeout(_) => ErrorClass::Network,
+            Self::Network(_) | Self::Timeout(_) | Self::Tls(_) => ErrorClass::Network,
             Self::Protocol(_) => ErrorClass::Protocol,
             Self::InvalidInput(_) => ErrorClass::Usage,
         }
@@ -188,6 +192,14 @@ impl ClientError {
         match self {
             Self::Rejected { retry_after_s: Some(s), .. } => Some(Duration::from_secs(*s)),
             _ => None,
+        }
+    }
+
+    /// A close frame (or its absence, as 1005) as an error.
+    pub fn from_close(frame: Option<&tungstenite::protocol::CloseFrame>) -> Self {
+        match frame {
+            Some(f) => Self::closed(u16::from(f.code), f.reason.as_str()),
+            None => Self::closed(1005, ""),
         }
     }
 
@@ -223,12 +235,15 @@ impl ClientError {
 
     /// A tungstenite error, during or after the handshake, with `endpoint` (`host:port`,
     /// never the URL, which may carry a credential) for context.
-    pub(crate) fn from_ws(e: tungstenite::Error, endpoint: &str) -> Self {
+    pub fn from_ws(e: tungstenite::Error, endpoint: &str) -> Self {
         use tungstenite::Error as E;
         match e {
             E::Http(resp) => Self::rejected(&resp),
-            E::Io(e) => Self::Network(format!("cannot talk to {endpoint}: {e}")),
-            E::Tls(e) => Self::Network(format!("TLS with {endpoint} failed: {e}")),
+            E::Io(e) => match crate::tls::tls_cause(&e) {
+                Some(cause) => Self::Tls(format!("TLS handshake with {endpoint} failed: {cause}")),
+                None => Self::Network(format!("cannot talk to {endpoint}: {e}")),
+            },
+            E::Tls(e) => Self::Tls(format!("TLS handshake with {endpoint} failed: {e}")),
             E::Url(UrlError::TlsFeatureNotEnabled) => Self::Network(
                 "wss:// needs TLS, which this build of agentgate-client does not include; \
                  connect with ws:// through a local TLS-terminating proxy"
@@ -280,6 +295,12 @@ impl fmt::Display for ClientError {
                 "network error: {what}; check the URL and that the gateway is running and reachable, \
                  then retry with backoff"
             ),
+            Self::Tls(what) => write!(
+                f,
+                "TLS error: {what}; the gateway's certificate must verify against the system's trust roots, or \
+                 against --ca-file (the CA that signed it); check the host name in the URL matches the certificate \
+                 (retrying will not help until the certificate or the CA file is fixed)"
+            ),
             Self::Timeout(what) => {
                 write!(f, "timed out: {what}; the gateway or the network is slow or down, retry with backoff")
             }
@@ -293,48 +314,23 @@ impl fmt::Display for ClientError {
     }
 }
 
-/// What to do about a rejection or close, by reason code, else by class.
+/// What to do about a rejection or close: the advice of its reason code
+/// (`ErrorCode::advice`, the one table), else of its class.
 fn advice(code: Option<&str>, class: ErrorClass) -> &'static str {
-    match code {
-        Some("token_expired") => {
-            "the token expired: get a fresh one (agentgate token mint, or your identity provider), \
-             or answer auth.expiring with auth.refresh"
+    if let Some(code) = code.and_then(ErrorCode::parse) {
+        return code.advice();
+    }
+    match class {
+        ErrorClass::Unauthorized => {
+            "the credential was refused: check it with agentgate token inspect and use a valid one \
+             (retrying with the same one will fail)"
         }
-        Some("token_missing") => {
-            "no credential reached the gateway: check that the token is set, non-empty, and sent on \
-             a transport the gateway accepts"
+        ErrorClass::Forbidden => "the principal is not allowed to do this (retrying will not help)",
+        ErrorClass::Unavailable => "retry with backoff and resume the session",
+        ErrorClass::Network => "retry with backoff",
+        ErrorClass::Protocol | ErrorClass::RunFailed | ErrorClass::Usage => {
+            "check that the URL names an agentgate endpoint (retrying will not help)"
         }
-        Some("token_revoked") => "the token was revoked: get a new one",
-        Some("token_not_yet_valid") => "the token is not valid yet: check the clocks of issuer and gateway",
-        Some("auth_timeout") => "send the auth message as the first frame, sooner",
-        Some("ticket_invalid") => "tickets are single-use and short-lived: request a new one",
-        Some("credentials_ambiguous") => "send exactly one credential",
-        Some("scope_missing") => "the token lacks the scope this needs: get one that has it",
-        Some("origin_not_allowed") => "add this Origin to server.allowed_origins, or connect without one",
-        Some("anonymous_not_allowed") => "anonymous principals may not connect: log in first",
-        Some("session_forbidden") => "that session belongs to another principal: connect without resuming it",
-        Some("principal_mismatch") => "refresh with a token of the same subject and tenant",
-        Some("rate_limited" | "too_many_connections") => "slow down, then retry with backoff",
-        Some("session_taken_over") => {
-            "another connection resumed this session: reconnect only if this one should own it"
-        }
-        Some("server_restart") => "the gateway is restarting: reconnect and resume the session",
-        Some("slow_consumer") => "read faster: reconnect and resume the session to get the rest",
-        Some("service_unavailable") => "the gateway's backend is unreachable: retry later",
-        Some("message_too_large") => "send smaller frames (server.max_message_bytes)",
-        Some("protocol_error") => "the request or a frame broke the protocol (PROTOCOL.md section 5)",
-        _ => match class {
-            ErrorClass::Unauthorized => {
-                "the credential was refused: check it with agentgate token inspect and use a valid one \
-                 (retrying with the same one will fail)"
-            }
-            ErrorClass::Forbidden => "the principal is not allowed to do this (retrying will not help)",
-            ErrorClass::Unavailable => "retry with backoff and resume the session",
-            ErrorClass::Network => "retry with backoff",
-            ErrorClass::Protocol | ErrorClass::RunFailed | ErrorClass::Usage => {
-                "check that the URL names an agentgate endpoint (retrying will not help)"
-            }
-        },
     }
 }
 
@@ -422,6 +418,25 @@ mod tests {
         assert_eq!(ErrorClass::of_error_reply("scope_missing").exit_status(), 4);
         assert_eq!(ErrorClass::of_error_reply("too_many_runs").exit_status(), 5);
         assert_eq!(ErrorClass::of_error_reply("agent_unknown").exit_status(), 8);
+    }
+
+    /// The classes this client derives from statuses, close codes and error replies
+    /// are those `ErrorCode::client_class` (and docs/errors.json) give every code.
+    #[test]
+    fn classes_agree_with_the_protocol_table() {
+        for code in ErrorCode::ALL {
+            let want = code.client_class().as_str();
+            match code.http_status() {
+                Some(status) => assert_eq!(ErrorClass::of_http_status(status).as_str(), want, "{code}"),
+                None if matches!(code, ErrorCode::AgentUnknown | ErrorCode::TooManyRuns | ErrorCode::RunNotFound) => {
+                    assert_eq!(ErrorClass::of_error_reply(code.as_str()).as_str(), want, "{code}");
+                }
+                None => assert_eq!(ErrorClass::of_close_code(code.close_code()).as_str(), want, "{code}"),
+            }
+            if code.http_status().is_some() && code.client_class() != agentgate_protocol::ClientClass::RunFailed {
+                assert_eq!(ErrorClass::of_close_code(code.close_code()).as_str(), want, "{code} (close)");
+            }
+        }
     }
 
     #[test]

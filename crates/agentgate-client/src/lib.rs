@@ -37,6 +37,7 @@
 //! - [`run`]: [`Run`] follows one `run.start` to its terminal event; [`RunOutcome`].
 //! - [`retry`]: [`RetryPolicy`] (exponential backoff, full jitter) and
 //!   [`ResumingClient`].
+//! - [`tls`]: `wss://` with rustls, verified against the system's roots or a CA file.
 //! - [`error`]: [`ClientError`] and [`ErrorClass`] (the exit statuses of
 //!   `agentgate connect`).
 
@@ -46,8 +47,9 @@ pub mod error;
 pub mod message;
 pub mod retry;
 pub mod run;
+pub mod tls;
 
-pub use connection::{Client, Connection};
+pub use connection::{Client, Connection, connect_raw};
 pub use credential::{Credential, Resume, TokenProvider};
 pub use error::{ClientError, ErrorClass};
 pub use message::ServerMessage;

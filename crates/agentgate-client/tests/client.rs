@@ -6,6 +6,9 @@
 //! Every wait is bounded; servers and proxies listen on loopback only and stop when
 //! their guards drop.
 
+#[path = "../../agentgate/tests/support/pki.rs"]
+mod pki;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -573,4 +576,38 @@ async fn without_a_provider_the_connection_closes_4401_token_expired() {
     assert!(matches!(&e, ClientError::Closed { close_code: 4401, .. }), "{e:?}");
     assert_eq!(e.reason_code(), Some("token_expired"));
     assert!(!e.is_retryable());
+}
+
+#[tokio::test]
+async fn wss_verifies_against_the_ca_file_and_names_the_tls_error_otherwise() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("client test CA");
+    let (cert, key) = pki::write_pair(certs.path(), "server", &ca.server("gw"));
+    let ca_file = ca.write(certs.path(), "ca.pem");
+    let toml_path = |p: &std::path::Path| serde_json::Value::String(p.display().to_string()).to_string();
+    let server = TestServer::start(&format!(
+        "[server]\ntls_cert_file = {}\ntls_key_file = {}",
+        toml_path(&cert),
+        toml_path(&key)
+    ))
+    .await;
+    let url = format!("wss://{}/v1/ws", server.addr);
+    let token = server.mint("alice");
+
+    let conn = Client::new(&url, Credential::Header(token.clone())).ca_file(&ca_file).connect().await.expect("wss");
+    assert_eq!(conn.welcome().kind(), "welcome");
+    conn.close().await.unwrap();
+
+    // The system's roots do not hold the test CA.
+    let e = Client::new(&url, Credential::Header(token.clone())).connect().await.unwrap_err();
+    assert!(matches!(&e, ClientError::Tls(m) if m.contains("invalid peer certificate: UnknownIssuer")), "{e:?}");
+    assert_eq!(e.class(), ErrorClass::Network);
+    assert_eq!(e.class().exit_status(), 6);
+    assert!(e.to_string().contains("--ca-file"), "{e}");
+
+    // A CA file that is not one is the caller's mistake.
+    let e =
+        Client::new(&url, Credential::Header(token)).ca_file(cert.with_extension("nope")).connect().await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Usage, "{e:?}");
+    server.shutdown().await;
 }

@@ -8,16 +8,20 @@
 //! # Layout
 //! - [`code`]: [`ErrorCode`], the closed set of reason codes, each mapped to its HTTP
 //!   status and WebSocket close code in exactly one place.
+//! - [`advice`]: each code's client class, retryability and advice (the source of
+//!   `docs/errors.json`).
 //! - [`client`]: parsing of client frames into [`ClientMessage`], with the exact
 //!   reason code for each malformed frame.
 //! - [`server`]: the messages the server sends ([`Welcome`], [`EventFrame`], ...).
 //! - [`id`]: opaque identifiers with their prefixes (`s_`, `r_`, `t_`, `req_`).
 
+pub mod advice;
 pub mod client;
 pub mod code;
 pub mod id;
 pub mod server;
 
+pub use advice::{ClientClass, errors_json};
 pub use client::{ClientMessage, FrameError};
 pub use code::ErrorCode;
 pub use server::{EventFrame, EventType, PrincipalInfo, Reply, Welcome};

@@ -111,6 +111,10 @@ pub(crate) struct ConnectArgs {
     /// The run's input, a JSON object (default {}).
     #[arg(long, value_name = "JSON", requires = "run")]
     pub(crate) input: Option<String>,
+    /// For wss:// URLs: verify the gateway's certificate against only the PEM certificates of this file
+    /// (default: the system's trust roots).
+    #[arg(long, value_name = "F")]
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +134,10 @@ pub(crate) struct DoctorArgs {
     /// Read the token for --url from this file.
     #[arg(long, requires = "url")]
     pub(crate) token_file: Option<PathBuf>,
+    /// For wss:// URLs: verify the gateway's certificate against only the PEM certificates of this file
+    /// (default: the system's trust roots).
+    #[arg(long, value_name = "F", requires = "url")]
+    pub(crate) ca_file: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -149,4 +157,8 @@ pub(crate) struct McpShimArgs {
     /// Load KEY=VALUE lines from this file first; they never override variables already set.
     #[arg(long)]
     pub(crate) env_file: Option<PathBuf>,
+    /// For wss:// URLs: verify the gateway's certificate against only the PEM certificates of this file
+    /// (default: the system's trust roots).
+    #[arg(long, value_name = "F")]
+    pub(crate) ca_file: Option<PathBuf>,
 }

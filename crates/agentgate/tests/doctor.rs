@@ -52,7 +52,7 @@ fn a_good_config_exits_0_and_lists_the_key_fingerprint() {
     find_line(&out, "info", "server.listen", &["loopback"]);
     assert!(!stdout_of(&out).contains("\nerror"), "{}", describe(&out));
     let last = lines(&out).pop().unwrap();
-    assert_eq!(last, "agentgate doctor: 0 errors, 0 warnings, 5 info", "{}", describe(&out));
+    assert_eq!(last, "agentgate doctor: 0 errors, 0 warnings, 6 info", "{}", describe(&out));
 }
 
 #[test]
@@ -343,8 +343,35 @@ fn redis_config(sb: &Sandbox, name: &str, url: &str) -> String {
 }
 
 #[test]
+fn rediss_is_probed_over_tls_verified_by_redis_ca_file_and_names_the_tls_error_without_it() {
+    let sb = Sandbox::new();
+    let ca = support::pki::Ca::new("redis test CA");
+    let (cert, key) = support::pki::write_pair(sb.path(), "redis", &ca.server("redis"));
+    let ca_file = ca.write(sb.path(), "redis-ca.pem");
+    let redis = RedisServer::start_tls(REDIS_PASSWORD, &cert, &key);
+    let url = format!("rediss://:{REDIS_PASSWORD}@{}", redis.addr());
+    let shown = format!("rediss://:****@{}", redis.addr());
+    let with_ca = sb.config(
+        "rediss.toml",
+        &format!("[backend]\nkind = \"redis\"\nredis_url = \"{url}\"\nredis_ca_file = {}\n", toml_str(&ca_file)),
+    );
+    let out = sb.doctor(&["--config", &with_ca], &[]);
+    find_line(&out, "info", "backend.redis_url", &["reachable", "PONG", "over TLS", "backend.redis_ca_file", &shown]);
+    assert_no_piece_of("Redis password", REDIS_PASSWORD, 8, &describe(&out));
+
+    // Without the CA file the system's roots do not know the test CA: the TLS error is
+    // named, with the fix.
+    let without = redis_config(&sb, "rediss-no-ca.toml", &url);
+    let out = sb.doctor(&["--config", &without], &[]);
+    assert_status(&out, 1);
+    let line = find_line(&out, "error", "backend.redis_url", &["TLS", "UnknownIssuer", "Fix:"]);
+    assert!(line.contains("backend.redis_ca_file"), "{line}");
+    assert_no_piece_of("Redis password", REDIS_PASSWORD, 8, &describe(&out));
+}
+
+#[test]
 fn redis_without_a_password_is_named_noauth_and_with_one_reachable_never_printed() {
-    let Some(redis) = RedisServer::start(REDIS_PASSWORD) else { return };
+    let redis = RedisServer::start(REDIS_PASSWORD);
     let sb = Sandbox::new();
     let addr = redis.addr();
     let cfg = redis_config(&sb, "redis.toml", &format!("redis://{addr}"));
@@ -528,4 +555,18 @@ fn no_secret_or_token_appears_in_any_output() {
     assert!(!seen.contains(token.split('.').nth(1).unwrap()), "no token payload");
     assert!(seen.contains(&fingerprint(SECRET.as_bytes())), "the secret's fingerprint is shown");
     assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn origins_are_reported_empty_means_pages_are_refused_and_a_star_is_a_warning() {
+    let sb = Sandbox::new();
+    let cfg = sb.config("default.toml", "");
+    let out = sb.doctor(&["--config", &cfg, "--offline"], &[]);
+    find_line(&out, "info", "server.allowed_origins", &["empty", "every browser page is refused", "Origin: null"]);
+    let star = sb.config("star.toml", "allowed_origins = [\"*\"]");
+    let out = sb.doctor(&["--config", &star, "--offline"], &[]);
+    find_line(&out, "warning", "server.allowed_origins", &["any site", "Fix:"]);
+    let listed = sb.config("listed.toml", "allowed_origins = [\"http://localhost:3000\"]");
+    let out = sb.doctor(&["--config", &listed, "--offline"], &[]);
+    find_line(&out, "info", "server.allowed_origins", &["http://localhost:3000"]);
 }

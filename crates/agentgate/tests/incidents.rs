@@ -411,7 +411,7 @@ fn row_7_connect_tells_unavailable_apart_from_unauthorized_and_network() {
 #[test]
 fn row_8_doctor_names_noauth_as_a_redis_password_missing_from_the_config() {
     let password = "hunter2-redis-password-Xk4Pq9";
-    let Some(redis) = RedisServer::start(password) else { return };
+    let redis = RedisServer::start(password);
     let addr = redis.addr();
     let sb = Sandbox::new();
     let cfg = sb.config(

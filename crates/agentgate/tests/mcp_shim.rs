@@ -7,8 +7,8 @@
 //!   run with node from `target/mcp-peers` (installed by `.ci/run`);
 //! - `tests/fixtures/mcp/py_server.py` on the Python `mcp` SDK (2.x speaks both eras).
 //!
-//! A test whose peer is not installed is skipped with a loud message, unless `CI` is
-//! set: then it fails. Every test uses a fresh `AGENTGATE_HOME`, servers listen on
+//! A test whose peer is not installed fails, saying how to install it (`.ci/run`
+//! installs them). Every test uses a fresh `AGENTGATE_HOME`, servers listen on
 //! `127.0.0.1:0`, every spawned process is killed when its guard drops, and every wait
 //! is bounded.
 
@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+#[path = "support/pki.rs"]
+mod pki;
 
 /// Longest wait for one expected line from the shim, or for a process to exit.
 const STEP: Duration = Duration::from_secs(30);
@@ -38,22 +41,14 @@ const GATEWAY_SECRET: &str = "the-gateway-keeps-this-to-itself-5e1d";
 // Peers
 // ---------------------------------------------------------------------------------
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// `None` (with a loud message) when a peer is missing outside CI; a failure in CI.
-fn missing(what: &str) -> Option<Vec<String>> {
-    assert!(!in_ci(), "{what} is not installed, and CI is set: a missing MCP peer fails CI (run .ci/run's peer step)");
-    eprintln!(
-        "\n**************************************************************\n\
-         SKIPPED: {what} is not installed; install the MCP peers with\n  \
+/// A missing peer fails the test, whatever CI says, naming how to install it.
+fn missing(what: &str) -> ! {
+    panic!(
+        "{what} is not installed, so this test cannot run (a missing peer is a failure, never a skip); \
+         install the MCP peers as .ci/run does:\n  \
          npm install --prefix target/mcp-peers @modelcontextprotocol/server-everything@2026.8.31\n  \
-         python3 -m pip install 'mcp>=2,<3'\n\
-         (as .ci/run does). Under CI=true this is a failure.\n\
-         **************************************************************\n"
-    );
-    None
+         python3 -m pip install 'mcp>=2,<3'"
+    )
 }
 
 fn repo_root() -> PathBuf {
@@ -66,21 +61,21 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// The command that runs server-everything on stdio.
-fn everything() -> Option<Vec<String>> {
+fn everything() -> Vec<String> {
     let peers =
         std::env::var_os("AGENTGATE_MCP_PEERS").map_or_else(|| repo_root().join("target/mcp-peers"), PathBuf::from);
     let entry = peers.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    let Some(node) = which("node") else { return missing("node (for @modelcontextprotocol/server-everything)") };
+    let Some(node) = which("node") else { missing("node (for @modelcontextprotocol/server-everything)") };
     if !entry.is_file() {
-        return missing(&format!("@modelcontextprotocol/server-everything ({} not found)", entry.display()));
+        missing(&format!("@modelcontextprotocol/server-everything ({} not found)", entry.display()));
     }
-    Some(vec![node.display().to_string(), entry.display().to_string(), "stdio".into()])
+    vec![node.display().to_string(), entry.display().to_string(), "stdio".into()]
 }
 
 /// The command that runs the Python fixture server: the real interpreter (not a
 /// version-manager shim, which needs variables of its own), with the `mcp` SDK 2.x (as
 /// `.ci/run` installs it: 1.x has no 2026-07-28 era).
-fn python_server() -> Option<Vec<String>> {
+fn python_server() -> Vec<String> {
     const PROBE: &str = "import sys, importlib.metadata as m, mcp; print(sys.executable); print(m.version('mcp'))";
     let out = Command::new("python3").args(["-c", PROBE]).output();
     let (exe, version) = match out {
@@ -89,13 +84,13 @@ fn python_server() -> Option<Vec<String>> {
             let mut lines = text.lines().map(|l| l.trim().to_owned());
             (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
         }
-        _ => return missing("the Python `mcp` SDK (python3 -c 'import mcp' failed)"),
+        _ => missing("the Python `mcp` SDK (python3 -c 'import mcp' failed)"),
     };
     if !version.starts_with("2.") {
-        return missing(&format!("the Python `mcp` SDK 2.x (found {version})"));
+        missing(&format!("the Python `mcp` SDK 2.x (found {version})"));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/py_server.py");
-    Some(vec![exe, "-u".into(), script.display().to_string()])
+    vec![exe, "-u".into(), script.display().to_string()]
 }
 
 // ---------------------------------------------------------------------------------
@@ -108,6 +103,9 @@ struct Proc {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     err: Arc<Mutex<Vec<u8>>>,
+    /// The thread collecting stderr: [`Proc::wait`] joins it, so that everything the
+    /// process wrote is there once it has exited.
+    err_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -127,7 +125,7 @@ impl Proc {
         let err = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&err);
         let mut stderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             loop {
                 match stderr.read(&mut buf) {
@@ -137,7 +135,7 @@ impl Proc {
             }
         });
         let stdin = child.stdin.take();
-        Self { child, stdin, lines, err }
+        Self { child, stdin, lines, err, err_reader: Some(err_reader) }
     }
 
     fn stderr(&self) -> String {
@@ -157,11 +155,15 @@ impl Proc {
         let _ = Command::new("kill").args([sig, &self.child.id().to_string()]).status();
     }
 
-    /// The exit status, waiting at most `limit`.
+    /// The exit status, waiting at most `limit`; then the stderr reader has read
+    /// everything (it is joined: the pipe closes with the process).
     fn wait(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
+                if let Some(reader) = self.err_reader.take() {
+                    let _ = reader.join();
+                }
                 return s.code();
             }
             assert!(Instant::now() < deadline, "did not exit within {limit:?}; stderr:\n{}", self.stderr());
@@ -500,7 +502,7 @@ fn no_credential_exits_64_at_once_naming_the_variable_and_the_env_file() {
 
 #[test]
 fn everything_session_tools_progress_and_ids_pass_through_the_shim() {
-    let Some(cmd) = everything() else { return };
+    let cmd = everything();
     let gw = Gateway::start(&[("everything", cmd)], &[]);
     let token = gw.mint("alice", "mcp:everything");
     let mut shim = Shim::with_token(&gw, &gw.url("everything"), &token);
@@ -547,7 +549,7 @@ fn everything_session_tools_progress_and_ids_pass_through_the_shim() {
 
 #[test]
 fn everything_get_env_shows_none_of_the_gateways_secrets() {
-    let Some(cmd) = everything() else { return };
+    let cmd = everything();
     let gw = Gateway::start(&[("everything", cmd)], &[]);
     let token = gw.mint("alice", "mcp:*");
     let mut shim = Shim::with_token(&gw, &gw.url("everything"), &token);
@@ -570,7 +572,7 @@ fn everything_get_env_shows_none_of_the_gateways_secrets() {
 
 #[test]
 fn python_server_speaks_both_eras_through_the_shim() {
-    let Some(cmd) = python_server() else { return };
+    let cmd = python_server();
     let gw = Gateway::start(&[("py", cmd)], &[]);
     let token = gw.mint("alice", "mcp:py");
 
@@ -607,7 +609,7 @@ fn python_server_speaks_both_eras_through_the_shim() {
 
 #[test]
 fn python_progress_is_relayed_and_cancellation_reaches_the_server() {
-    let Some(cmd) = python_server() else { return };
+    let cmd = python_server();
     let gw = Gateway::start(&[("py", cmd)], &[]);
     let mut shim = Shim::with_token(&gw, &gw.url("py"), &gw.mint("alice", "mcp:py"));
     shim.initialize();
@@ -645,7 +647,7 @@ fn python_progress_is_relayed_and_cancellation_reaches_the_server() {
 
 #[test]
 fn two_users_get_two_separate_server_processes() {
-    let Some(cmd) = python_server() else { return };
+    let cmd = python_server();
     let gw = Gateway::start(&[("py", cmd)], &[]);
     let mut alice = Shim::with_token(&gw, &gw.url("py"), &gw.mint("alice", "mcp:py"));
     let mut bob = Shim::with_token(&gw, &gw.url("py"), &gw.mint("bob", "mcp:*"));
@@ -671,7 +673,7 @@ fn two_users_get_two_separate_server_processes() {
 
 #[test]
 fn an_expired_token_surfaces_as_token_expired_and_a_new_token_in_the_file_recovers() {
-    let Some(cmd) = python_server() else { return };
+    let cmd = python_server();
     let gw = Gateway::start(&[("py", cmd)], &[("AGENTGATE_AUTH__LEEWAY_S", "0")]);
     let token_file = gw.path("mcp-token");
     // Short-lived (leeway 0), yet long enough for the Python server to start and answer.
@@ -706,7 +708,7 @@ fn an_expired_token_surfaces_as_token_expired_and_a_new_token_in_the_file_recove
 
 #[test]
 fn a_wrong_token_gets_json_rpc_errors_naming_signature_invalid_instead_of_hanging() {
-    let Some(cmd) = python_server() else { return };
+    let cmd = python_server();
     let gw = Gateway::start(&[("py", cmd)], &[]);
     // Signed with another secret: INCIDENTS row 5's drift.
     let token = gw.mint_signed("alice", "mcp:py", 900, "another-environment's-secret-000000000000");
@@ -738,7 +740,7 @@ fn a_wrong_token_gets_json_rpc_errors_naming_signature_invalid_instead_of_hangin
 
 #[test]
 fn a_server_process_failure_answers_the_request_and_the_next_gets_a_new_process() {
-    let Some(cmd) = python_server() else { return };
+    let cmd = python_server();
     let gw = Gateway::start(&[("py", cmd)], &[]);
     let mut shim = Shim::with_token(&gw, &gw.url("py"), &gw.mint("alice", "mcp:py"));
     shim.initialize();
@@ -776,7 +778,7 @@ fn an_unreachable_gateway_answers_requests_with_an_error_instead_of_hanging() {
 
 #[test]
 fn a_gateway_restart_answers_the_request_in_flight_and_the_shim_reconnects() {
-    let Some(cmd) = python_server() else { return };
+    let cmd = python_server();
     let mut gw = Gateway::start(&[("py", cmd)], &[]);
     let mut shim = Shim::with_token(&gw, &gw.url("py"), &gw.mint("alice", "mcp:py"));
     shim.initialize();
@@ -793,5 +795,60 @@ fn a_gateway_restart_answers_the_request_in_flight_and_the_shim_reconnects() {
 
     gw.serve(Some(addr));
     assert_eq!(shim.call_text("echo", json!({"text": "back"})), "back");
+    assert_eq!(shim.finish(), Some(0));
+}
+
+#[test]
+fn piped_input_gets_its_answers_before_the_shim_exits() {
+    // `printf '<initialize>\n<call>\n' | agentgate mcp-shim ...`: standard input ends
+    // before the gateway has answered; the answers still come, then exit 0.
+    let gw = Gateway::start(&[("py", python_server())], &[]);
+    let token = gw.mint("alice", "mcp:py");
+    let mut shim = Shim::with_token(&gw, &gw.url("py"), &token);
+    let params = json!({"protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "agentgate-tests", "version": "1"}});
+    shim.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}));
+    shim.notify("notifications/initialized", json!({}));
+    shim.send(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "after EOF"}}}));
+    drop(shim.proc.stdin.take());
+    let started = Instant::now();
+    assert_eq!(shim.proc.wait(STEP), Some(0), "stderr:\n{}", shim.proc.stderr());
+    assert!(started.elapsed() < Duration::from_secs(12), "bounded by the drain timeout: {:?}", started.elapsed());
+    let init = shim.answer(&json!(1));
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25", "{init}");
+    assert_eq!(text_of(&shim.answer(&json!(2))), "after EOF");
+}
+
+#[test]
+fn the_shim_speaks_wss_with_ca_file_and_names_the_tls_error_without_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("agentgate test CA");
+    let (cert, key) = pki::write_pair(certs.path(), "server", &ca.server("gw"));
+    let ca_file = ca.write(certs.path(), "ca.pem").display().to_string();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let gw = Gateway::start(
+        &[("py", python_server())],
+        &[("AGENTGATE_SERVER__TLS_CERT_FILE", &cert), ("AGENTGATE_SERVER__TLS_KEY_FILE", &key)],
+    );
+    let token = gw.mint("alice", "mcp:py");
+    let url = format!("wss://{}/v1/mcp/py", gw.addr);
+
+    let mut shim =
+        Shim::spawn(&gw.path("home"), &["--url", &url, "--ca-file", &ca_file], &[("AGENTGATE_TOKEN", &token)]);
+    shim.initialize();
+    assert_eq!(shim.call_text("echo", json!({"text": "over TLS"})), "over TLS");
+    assert_eq!(shim.finish(), Some(0));
+
+    // The system's roots do not hold the test CA: the request is answered at once with
+    // an error naming the TLS failure and --ca-file.
+    let mut shim = Shim::with_token(&gw, &url, &token);
+    let started = Instant::now();
+    let r = shim.request("tools/list", json!({}));
+    let message = shim_error(&r);
+    assert!(message.contains("invalid peer certificate: UnknownIssuer"), "{message}");
+    assert!(message.contains("--ca-file"), "{message}");
+    assert_eq!(r["error"]["data"]["agentgate"]["reason"], "tls", "{r}");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered at once: {:?}", started.elapsed());
     assert_eq!(shim.finish(), Some(0));
 }

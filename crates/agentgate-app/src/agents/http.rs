@@ -62,6 +62,9 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// What an SSE line may carry besides its data: `data: ` and a CR before the LF.
+const SSE_LINE_OVERHEAD: usize = "data: \r".len();
+
 /// Run against the upstream.
 ///
 /// # Errors
@@ -110,7 +113,10 @@ pub(crate) async fn run(client: &reqwest::Client, run: HttpRun, sink: RunSink) -
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
     let bytes = response.bytes_stream().map_err(std::io::Error::other);
-    let mut lines = FramedRead::new(StreamReader::new(bytes), LinesCodec::new_with_max_length(run.max_line));
+    // For SSE the limit is on an event's data: its `data: ` line (and a CR) may be
+    // that much longer; the data itself is checked as it accumulates.
+    let line_max = if sse { run.max_line.saturating_add(SSE_LINE_OVERHEAD) } else { run.max_line };
+    let mut lines = FramedRead::new(StreamReader::new(bytes), LinesCodec::new_with_max_length(line_max));
     let mut sse_data: Option<String> = None;
     loop {
         let line = match tokio::time::timeout(timeout, lines.next()).await {
@@ -132,7 +138,7 @@ pub(crate) async fn run(client: &reqwest::Client, run: HttpRun, sink: RunSink) -
             Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
                 return Ok(failed(
                     "upstream_protocol",
-                    format!("the upstream sent a line longer than {} bytes", run.max_line),
+                    format!("the upstream sent a line longer than {line_max} bytes"),
                 ));
             }
             Ok(Some(Err(e))) => {

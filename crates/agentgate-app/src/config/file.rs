@@ -35,6 +35,9 @@ pub(crate) struct ServerFile {
     pub(crate) heartbeat_ms: u64,
     /// agentgate extension: time a client has to send its HTTP request head.
     pub(crate) handshake_timeout_ms: u64,
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerFile {
@@ -51,6 +54,9 @@ impl Default for ServerFile {
             write_timeout_s: 10,
             heartbeat_ms: 25_000,
             handshake_timeout_ms: 10_000,
+            tls_cert_file: None,
+            tls_key_file: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -198,6 +204,7 @@ pub(crate) struct BackendFile {
     pub(crate) redis_url: String,
     pub(crate) redis_prefix: String,
     pub(crate) outage_buffer_events: u64,
+    pub(crate) redis_ca_file: Option<PathBuf>,
 }
 
 impl Default for BackendFile {
@@ -207,6 +214,7 @@ impl Default for BackendFile {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "agentgate:".into(),
             outage_buffer_events: 10_000,
+            redis_ca_file: None,
         }
     }
 }

@@ -158,15 +158,19 @@ pub(super) fn check_exposure(config: &Config, report: &mut Report) {
     let s = &config.server;
     let loopback = is_loopback_listen(&s.listen);
     match (s.profile, loopback) {
+        (Profile::Production, false) if s.tls.is_some() => report.push(Finding::info(
+            "server.listen",
+            format!("listening on {} beyond loopback, with TLS (wss:// and https:// only)", s.listen),
+        )),
         (Profile::Production, false) => report.push(Finding::warning(
             "server.listen",
             format!(
-                "listening on {} beyond loopback: agentgate does not terminate TLS, so tokens would cross the \
-                 network in clear text unless a TLS-terminating proxy is the only way in",
+                "listening on {} beyond loopback without TLS: tokens would cross the network in clear text unless \
+                 a TLS-terminating proxy is the only way in",
                 s.listen
             ),
-            "put a TLS-terminating proxy (a load balancer, nginx, Caddy) in front and keep this port private, \
-             or listen on 127.0.0.1 behind a proxy on the same host",
+            "set server.tls_cert_file and server.tls_key_file, or put a TLS-terminating proxy (a load balancer, \
+             nginx, Caddy) in front and keep this port private (list it in server.trusted_proxies)",
         )),
         (Profile::Development, false) => report.push(Finding::warning(
             "server.profile",
@@ -197,6 +201,50 @@ pub(super) fn check_exposure(config: &Config, report: &mut Report) {
             "no JWT issuer and no API key is configured: every handshake will be refused",
             "add an [[auth.jwt]] issuer (secret_env, secret_file, public_key_file, jwks_file or jwks_url) \
              or [[auth.api_keys]]",
+        ));
+    }
+}
+
+/// Which browser pages may connect (`server.allowed_origins`), TLS, and proxies.
+pub(super) fn check_origins_and_transport(config: &Config, report: &mut Report) {
+    let s = &config.server;
+    if s.allow_any_origin {
+        report.push(Finding::warning(
+            "server.allowed_origins",
+            "\"*\" lets a page from any site connect with a user's credentials (allowed in development only)",
+            "list the exact origins of your pages, e.g. allowed_origins = [\"https://app.example.com\"]",
+        ));
+    } else if s.allowed_origins.is_empty() {
+        report.push(Finding::info(
+            "server.allowed_origins",
+            "empty (the default): clients that send no Origin (CLIs, servers, agentgate connect) pass, and every \
+             browser page is refused origin_not_allowed; to allow a page, list its origin, e.g. \
+             AGENTGATE_SERVER__ALLOWED_ORIGINS='[\"http://localhost:3000\"]' (a page opened from a file sends \
+             Origin: null, which cannot be allowed: serve it over http)",
+        ));
+    } else {
+        report.push(Finding::info(
+            "server.allowed_origins",
+            format!(
+                "browser pages from {} may connect; others are refused origin_not_allowed",
+                s.allowed_origins.join(", ")
+            ),
+        ));
+    }
+    if let Some(tls) = &s.tls {
+        report.push(Finding::info(
+            "server.tls_cert_file",
+            format!(
+                "TLS on server.listen with {} and {} (both read again on SIGHUP)",
+                tls.cert_file.display(),
+                tls.key_file.display()
+            ),
+        ));
+    }
+    if !s.trusted_proxies.is_empty() {
+        report.push(Finding::info(
+            "server.trusted_proxies",
+            "X-Forwarded-For from these peers names the client address (per-IP limits and logs use it)",
         ));
     }
 }

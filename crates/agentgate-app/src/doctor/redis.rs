@@ -37,7 +37,7 @@ pub(super) async fn check_redis(raw: &ConfigFile, offline: bool, report: &mut Re
         report.push(Finding::info(KEY, format!("Redis at {shown} not probed (--offline)")));
         return;
     }
-    report.push(probe(url, &shown).await);
+    report.push(probe(url, &shown, raw.backend.redis_ca_file.as_deref()).await);
 }
 
 /// What went wrong, before it is worded.
@@ -55,13 +55,34 @@ enum Failure {
     NoAuth,
     /// The password (or user and password) was refused.
     WrongPassword(String),
+    /// `backend.redis_ca_file` cannot be used.
+    CaFile(String),
+    /// The TLS handshake of a `rediss://` URL failed (the certificate does not verify).
+    Tls(String),
     /// Anything else Redis or the client said.
     Other(String),
 }
 
 /// Connect, `PING`, and turn the outcome into one finding.
-async fn probe(url: &str, shown: &str) -> Finding {
-    let client = match redis::Client::open(url) {
+async fn probe(url: &str, shown: &str, ca_file: Option<&std::path::Path>) -> Finding {
+    let tls = url.to_ascii_lowercase().starts_with("rediss://");
+    let opened = match ca_file.filter(|_| tls) {
+        // Only these certificates verify the server, instead of the system's roots.
+        Some(path) => match crate::config::read_ca_file(path) {
+            Ok(_) => match std::fs::read(path) {
+                Ok(pem) => redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
+                ),
+                Err(e) => {
+                    return failure(Failure::CaFile(format!("cannot read {}: {e}", path.display())), url, shown, "-");
+                }
+            },
+            Err(e) => return failure(Failure::CaFile(e), url, shown, "-"),
+        },
+        None => redis::Client::open(url),
+    };
+    let client = match opened {
         Ok(c) => c,
         Err(e) => return failure(Failure::Url(e.to_string()), url, shown, "-"),
     };
@@ -69,12 +90,17 @@ async fn probe(url: &str, shown: &str) -> Finding {
     let addr = info.addr().to_string();
     let has_password = info.redis_settings().password().is_some_and(|p| !p.is_empty());
     let outcome = tokio::time::timeout(TIMEOUT, ping(&client)).await.unwrap_or(Err(Failure::Timeout));
-    let data = |result: &str| json!({"url": shown, "address": addr, "result": result});
+    let data = |result: &str| json!({"url": shown, "address": addr, "result": result, "tls": tls});
+    let verified = match (tls, ca_file) {
+        (false, _) => "",
+        (true, Some(_)) => ", over TLS verified with backend.redis_ca_file",
+        (true, None) => ", over TLS verified with the system's trust roots",
+    };
     match outcome {
         Ok(()) => Finding::info(
             KEY,
             format!(
-                "Redis at {shown} is reachable: PING answered PONG{}",
+                "Redis at {shown} is reachable: PING answered PONG{}{verified}",
                 if has_password { " (authenticated)" } else { "" }
             ),
         )
@@ -102,6 +128,12 @@ async fn ping(client: &redis::Client) -> Result<(), Failure> {
 /// What kind of failure a client error is.
 fn classify(e: RedisError) -> Failure {
     let text = e.to_string();
+    if text.contains("invalid peer certificate")
+        || text.contains("certificate") && text.contains("TLS")
+        || text.contains("InvalidCertificate")
+    {
+        return Failure::Tls(text);
+    }
     if e.code() == Some("NOAUTH") || text.contains("NOAUTH") || text.contains("Authentication required") {
         return Failure::NoAuth;
     }
@@ -147,8 +179,7 @@ fn failure(f: Failure, url: &str, shown: &str, addr: &str) -> Finding {
         Failure::Url(e) => (
             "invalid_url",
             format!("{shown} is not a usable Redis URL: {}", clean(&e)),
-            "write it as redis://[:PASSWORD@]host:port[/db] (a TLS rediss:// URL is not supported by this build)"
-                .to_owned(),
+            "write it as redis://[:PASSWORD@]host:port[/db], or rediss://... for TLS".to_owned(),
             clean(&e),
         ),
         Failure::Dns(e) => (
@@ -194,6 +225,23 @@ fn failure(f: Failure, url: &str, shown: &str, addr: &str) -> Finding {
             "put the current password (requirepass, or the ACL user's as redis://USER:PASSWORD@host:port) in the \
              URL as redis://:PASSWORD@host:port, from a secret: set AGENTGATE_BACKEND__REDIS_URL in the \
              environment rather than in the file; if this Redis has no password at all, remove it from the URL"
+                .to_owned(),
+            clean(&e),
+        ),
+        Failure::CaFile(e) => (
+            "ca_file",
+            format!("cannot use backend.redis_ca_file to verify Redis at {shown}: {}", clean(&e)),
+            "point backend.redis_ca_file at a readable PEM file holding the CA certificate that signed the Redis \
+             server's certificate"
+                .to_owned(),
+            clean(&e),
+        ),
+        Failure::Tls(e) => (
+            "tls",
+            format!("the TLS handshake with Redis at {addr} ({shown}) failed: {}", clean(&e)),
+            "set backend.redis_ca_file to the PEM CA certificate that signed the Redis server's certificate (or \
+             install that CA in the system's trust store), and check that the host in backend.redis_url is one \
+             the certificate names"
                 .to_owned(),
             clean(&e),
         ),

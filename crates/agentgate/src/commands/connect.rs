@@ -1,4 +1,4 @@
-//! `agentgate connect URL [--token-env VAR | --token-file F] [--run AGENT --input JSON]`.
+//! `agentgate connect URL [--token-env VAR | --token-file F] [--ca-file F] [--run AGENT --input JSON]`.
 //!
 //! Every server message goes to stdout as one JSON line; diagnostics go to stderr. The
 //! exit status is the class of what ended the session (CONFIG.md): 0 success, 3
@@ -42,6 +42,9 @@ pub(crate) fn run(args: ConnectArgs) -> u8 {
         },
     };
     let mut client = Client::new(args.url.clone(), Credential::Header(token));
+    if let Some(ca) = &args.ca_file {
+        client = client.ca_file(ca);
+    }
     if let Some(path) = args.token_file.clone() {
         // A rotated token file answers auth.expiring; an unchanged one is not resent.
         client = client.token_provider(move || read_file_token(&path).ok());
@@ -219,6 +222,7 @@ mod tests {
             token_file: token_file.map(PathBuf::from),
             run: None,
             input: None,
+            ca_file: None,
         }
     }
 

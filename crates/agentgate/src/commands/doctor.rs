@@ -1,4 +1,4 @@
-//! `agentgate doctor [--config FILE] [--offline] [--url URL --token-env VAR | --token-file F] [--json]`.
+//! `agentgate doctor [--config FILE] [--offline] [--url URL --token-env VAR | --token-file F] [--ca-file F] [--json]`.
 //!
 //! The configuration checks are `agentgate_app::doctor`; this command adds the one
 //! real connection of `--url` (made with the client library, so its failure classes
@@ -139,7 +139,10 @@ async fn check_connection(url: &str, args: &DoctorArgs, env: &Env, report: &mut 
         }
     };
     let fp = fingerprint(token.as_bytes());
-    let client = Client::new(url, Credential::Header(token.clone())).connect_timeout(CONNECT_TIMEOUT);
+    let mut client = Client::new(url, Credential::Header(token.clone())).connect_timeout(CONNECT_TIMEOUT);
+    if let Some(ca) = &args.ca_file {
+        client = client.ca_file(ca);
+    }
     let gateway_verdict = match client.connect().await {
         Ok(conn) => {
             report.push(welcome_finding(url, conn.welcome().json(), &fp, &source));
@@ -221,6 +224,7 @@ fn failure_finding(url: &str, e: &ClientError, fp: &str, source: &str) -> Findin
         ClientError::Timeout(what) => {
             (format!("network error: timed out: {what} (nothing was authenticated)"), json!({"error": what}))
         }
+        ClientError::Tls(what) => (format!("TLS error: {what} (nothing was authenticated)"), json!({"error": what})),
         ClientError::Protocol(what) => (format!("protocol error talking to {at}: {what}"), json!({"error": what})),
         ClientError::InvalidInput(what) => (format!("cannot connect to {at}: {what}"), json!({"error": what})),
     };
@@ -242,43 +246,23 @@ fn failure_finding(url: &str, e: &ClientError, fp: &str, source: &str) -> Findin
 
 /// What to do about a failed connection.
 fn fix_for(e: &ClientError) -> String {
-    let drift = "the token was signed with a key the gateway does not hold (secret drift between issuer and \
-                 gateway?): compare the token's key (agentgate token inspect) with the fingerprints agentgate \
-                 doctor lists on the gateway's host";
     match e {
         ClientError::Network(_) | ClientError::Timeout(_) => "check that the gateway is running and listening at \
              this host and port (server.listen, or the address it wrote to server.addr_file), and that no \
              firewall or proxy is in the way; this is not an authentication failure"
             .to_owned(),
+        ClientError::Tls(_) => "the gateway's certificate does not verify: pass --ca-file with the CA that signed it \
+             (or install that CA in the system's trust store), check that the URL's host name is one the \
+             certificate names, and that it has not expired; this is not an authentication failure"
+            .to_owned(),
         ClientError::Protocol(_) => "check that the URL names the gateway's /v1/ws endpoint".to_owned(),
         ClientError::InvalidInput(_) => "correct the URL or the token".to_owned(),
-        ClientError::Rejected { .. } | ClientError::Closed { .. } => match e.reason_code().unwrap_or("") {
-            "signature_invalid" => drift.to_owned(),
-            "key_unknown" => {
-                "the token names a kid the gateway holds no key for: compare kids with agentgate doctor on the \
-                 gateway's host, and check that its JWKS is fetched"
-                    .to_owned()
-            }
-            "token_expired" => "mint or refresh a token (agentgate token mint --sub NAME)".to_owned(),
-            "token_not_yet_valid" => "check the clocks of the issuer and the gateway".to_owned(),
-            "token_malformed" | "api_key_invalid" => "present a token from agentgate token mint or your identity \
-                 provider, or a configured API key, not a made-up string or a session id"
-                .to_owned(),
-            "issuer_invalid" | "audience_invalid" | "claim_missing" | "algorithm_not_allowed" => {
-                "make the token's claims and algorithm match the issuer's config (issuer, audience, algorithms): \
-                 agentgate token inspect shows both"
-                    .to_owned()
-            }
-            "token_revoked" => "mint a new token; this one was revoked".to_owned(),
-            "token_missing" => "give a non-empty token".to_owned(),
-            "anonymous_not_allowed" => "sign in first: anonymous principals may not connect".to_owned(),
-            "origin_not_allowed" => "list the page's origin in server.allowed_origins".to_owned(),
-            "rate_limited" | "too_many_connections" => "wait and retry with backoff".to_owned(),
-            "service_unavailable" => {
-                "a dependency of the gateway is down: its /readyz names the failing check".to_owned()
-            }
-            "server_restart" => "the gateway is shutting down: retry against the next instance".to_owned(),
-            other => format!("see docs/errors.md for the reason code {other:?}"),
+        ClientError::Rejected { .. } | ClientError::Closed { .. } => match e.error_code() {
+            Some(code) => code.advice().to_owned(),
+            None => format!(
+                "see docs/errors.md (and docs/errors.json) for the reason code {:?}",
+                e.reason_code().unwrap_or("(none)")
+            ),
         },
     }
 }
@@ -325,6 +309,7 @@ mod tests {
             token_env: token_env.map(str::to_owned),
             token_file: None,
             json: false,
+            ca_file: None,
         }
     }
 

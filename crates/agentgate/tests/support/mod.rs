@@ -9,6 +9,8 @@
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
+pub(crate) mod pki;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -325,12 +327,6 @@ pub(crate) fn closed_port() -> u16 {
 // A real Redis
 // ---------------------------------------------------------------------------------
 
-/// Whether `CI` is set (to anything but empty, `0` or `false`): then a missing
-/// dependency of a test fails it instead of skipping it.
-pub(crate) fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
 /// A real `redis-server` on a free loopback port, with `requirepass`, no persistence;
 /// killed and reaped on drop.
 pub(crate) struct RedisServer {
@@ -339,24 +335,16 @@ pub(crate) struct RedisServer {
 }
 
 impl RedisServer {
-    /// Started and answering; `None`, with a loud message, when `redis-server` is not
-    /// installed, unless `CI` is set: then a panic.
-    pub(crate) fn start(password: &str) -> Option<Self> {
+    /// Started and answering; a missing `redis-server` fails the test (whatever CI
+    /// says), naming how to install it.
+    pub(crate) fn start(password: &str) -> Self {
         let Some(program) = std::env::var_os("PATH")
             .and_then(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).find(|p| p.is_file()))
         else {
-            assert!(
-                !in_ci(),
-                "redis-server is not installed, and CI is set: a missing Redis fails CI (.ci/run installs it)"
+            panic!(
+                "redis-server is not on PATH, so this test cannot run (a missing peer is a failure, never a skip); \
+                 install it: apt-get install redis-server (as .ci/run does)"
             );
-            eprintln!(
-                "\n**************************************************************\n\
-                 SKIPPED: redis-server is not on PATH; install it\n  \
-                 (apt-get install redis-server, as .ci/run does).\n\
-                 Under CI=true this is a failure.\n\
-                 **************************************************************\n"
-            );
-            return None;
         };
         // A port picked then released may be taken meanwhile: a few tries.
         let mut last = String::new();
@@ -371,7 +359,7 @@ impl RedisServer {
                 .stderr(Stdio::null());
             let mut server = Self { child: c.spawn().expect("spawn redis-server"), port };
             match server.wait_ready() {
-                Ok(()) => return Some(server),
+                Ok(()) => return server,
                 Err(e) => last = e,
             }
         }
@@ -379,6 +367,53 @@ impl RedisServer {
     }
 
     /// Until it answers `PING` (with `NOAUTH`: it wants the password), bounded.
+    /// A TLS-only Redis (`--port 0 --tls-port P`) with this server certificate and key,
+    /// not asking clients for certificates; started once its port accepts connections.
+    pub(crate) fn start_tls(password: &str, cert: &Path, key: &Path) -> Self {
+        let Some(program) = std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).find(|p| p.is_file()))
+        else {
+            panic!(
+                "redis-server is not on PATH, so this test cannot run (a missing peer is a failure, never a skip); \
+                 install it: apt-get install redis-server (as .ci/run does)"
+            );
+        };
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = closed_port();
+            let mut c = Command::new(&program);
+            c.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .args(["--appendonly", "no", "--requirepass", password, "--loglevel", "warning"])
+                .args(["--tls-cert-file", &cert.display().to_string(), "--tls-key-file", &key.display().to_string()])
+                .args(["--tls-auth-clients", "no"])
+                .current_dir(std::env::temp_dir())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut server = Self { child: c.spawn().expect("spawn redis-server"), port };
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = server.child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    last = format!("exited with {status}: {err}");
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return server;
+                }
+                if Instant::now() >= deadline {
+                    last = format!("port {port} not accepting within {START_TIMEOUT:?}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis-server with TLS did not start (is it built with TLS support?): {last}")
+    }
+
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -587,11 +622,22 @@ pub(crate) async fn next_frame(ws: &mut Ws) -> Frame {
 
 /// Connect to `url` with these request headers, and read the first frame.
 pub(crate) async fn connect(url: &str, headers: &[(&str, &str)]) -> (Outcome, Option<Ws>) {
+    connect_with(url, headers, None).await
+}
+
+/// [`connect`] with a TLS connector (for `wss://`: a rustls client trusting only the
+/// test's CA).
+pub(crate) async fn connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    tls: Option<tokio_tungstenite::Connector>,
+) -> (Outcome, Option<Ws>) {
     let mut req = url.into_client_request().expect("request");
     for (k, v) in headers {
         req.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
     }
-    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req)).await.expect("handshake in time") {
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(req, None, true, tls);
+    match tokio::time::timeout(STEP, connecting).await.expect("handshake in time") {
         Ok((mut ws, _)) => match next_frame(&mut ws).await {
             Frame::Text(v) => (Outcome::Welcome(v), Some(ws)),
             Frame::Close(code, reason) => (Outcome::Closed { code, reason }, None),
