@@ -104,6 +104,15 @@ fn tls_and_proxy_keys_fail_as_config_errors_naming_the_key() {
     let cfg = config(&s, "rediss.toml", "", &backend);
     let out = s.run(&["doctor", "--offline", "--config", &cfg], &env());
     assert_status(&out, 0);
+
+    // doctor on a TLS config: the files, and a private key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = config(&s, "tls-doctor.toml", &tls_keys(&cert, &key), "");
+    let out = s.run(&["doctor", "--offline", "--config", &cfg], &env());
+    assert_status(&out, 0);
+    find_line(&out, "info", "server.tls_cert_file", &["TLS on server.listen", "SIGHUP"]);
+    find_line(&out, "warning", "server.tls_key_file", &["readable by group or others", "chmod 600"]);
 }
 
 #[test]
