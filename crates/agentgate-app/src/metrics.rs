@@ -27,6 +27,9 @@ pub const HANDSHAKE_DURATION: &str = "agentgate_handshake_duration_seconds";
 /// connection (replays on resume are not counted).
 pub const EVENT_DELIVERY: &str = "agentgate_event_delivery_seconds";
 
+/// TLS handshakes on `server.listen` that failed, by reason (`error`, `timeout`).
+pub const TLS_HANDSHAKE_FAILURES: &str = "agentgate_tls_handshake_failures_total";
+
 /// Buckets of [`HANDSHAKE_DURATION`] (seconds): a local HMAC check takes well under a
 /// millisecond; a JWKS refetch can take a network round trip.
 const HANDSHAKE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -66,6 +69,7 @@ fn describe() {
     metrics::describe_counter!(EVENTS_SENT, "Event frames sent, replays included.");
     metrics::describe_gauge!(RUNS_ACTIVE, "Agent runs executing on this node.");
     metrics::describe_counter!(SESSIONS_RESUMED, "Sessions resumed.");
+    metrics::describe_counter!(TLS_HANDSHAKE_FAILURES, "TLS handshakes on server.listen that failed, by reason.");
     metrics::describe_histogram!(
         HANDSHAKE_DURATION,
         metrics::Unit::Seconds,
@@ -76,6 +80,12 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time from an event's creation to its frame being written to a live connection."
     );
+}
+
+/// Count a failed TLS handshake (`error`: the client or the certificate; `timeout`:
+/// not done within `server.handshake_timeout_ms`).
+pub fn tls_handshake_failed(reason: &'static str) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
 }
 
 /// Record how long the pre-upgrade decisions of a `/v1/ws` request took.

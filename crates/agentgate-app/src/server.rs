@@ -330,8 +330,14 @@ async fn accept_loop(
             let Some(tls) = tls else { return serve_http(stream, service, head_timeout, closed, remote).await };
             match tokio::time::timeout(head_timeout, tls.accept(stream)).await {
                 Ok(Ok(stream)) => serve_http(stream, service, head_timeout, closed, remote).await,
-                Ok(Err(e)) => tracing::debug!(remote = %remote, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out (server.handshake_timeout_ms)"),
+                Ok(Err(e)) => {
+                    crate::metrics::tls_handshake_failed("error");
+                    tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    crate::metrics::tls_handshake_failed("timeout");
+                    tracing::debug!(remote = %remote, "TLS handshake timed out (server.handshake_timeout_ms)");
+                }
             }
         });
     }

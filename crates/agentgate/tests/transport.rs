@@ -104,6 +104,15 @@ fn tls_and_proxy_keys_fail_as_config_errors_naming_the_key() {
     let cfg = config(&s, "rediss.toml", "", &backend);
     let out = s.run(&["doctor", "--offline", "--config", &cfg], &env());
     assert_status(&out, 0);
+
+    // doctor on a TLS config: the files, and a private key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = config(&s, "tls-doctor.toml", &tls_keys(&cert, &key), "");
+    let out = s.run(&["doctor", "--offline", "--config", &cfg], &env());
+    assert_status(&out, 0);
+    find_line(&out, "info", "server.tls_cert_file", &["TLS on server.listen", "SIGHUP"]);
+    find_line(&out, "warning", "server.tls_key_file", &["readable by group or others", "chmod 600"]);
 }
 
 #[test]
@@ -161,6 +170,31 @@ fn tls_serves_wss_to_clients_that_trust_its_ca_and_names_the_tls_error_to_others
     assert!(text.contains("HTTP/1.1 101"), "{text}");
     assert!(text.contains("\"type\":\"welcome\""), "{text}");
     assert!(text.contains("TLSv1.3") || text.contains("TLSv1.2"), "{text}");
+
+    // /metrics over https: the handshakes refused above (no --ca-file, plain ws://) are
+    // counted as failed TLS handshakes.
+    let metrics = python_https_get(&server, "/metrics", &ca_file);
+    assert!(metrics.status.success(), "{}", describe(&metrics));
+    let text = stdout_of(&metrics);
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("agentgate_tls_handshake_failures_total{reason=\"error\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no TLS failure series in:\n{text}"));
+    assert!(failed >= 2.0, "{failed}");
+}
+
+/// `GET path` over https with Python's urllib, trusting only `ca`.
+fn python_https_get(server: &Server, path: &str, ca: &Path) -> std::process::Output {
+    const SCRIPT: &str = "import ssl, sys, urllib.request\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+        print(urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10).read().decode())\n";
+    let url = format!("https://{}{path}", server.addr());
+    Command::new("python3")
+        .args(["-c", SCRIPT, &url, &ca.display().to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("python3 is needed for this test ({e}); install python3"))
 }
 
 /// A WebSocket handshake over Python's `ssl` (trusting only `ca`), printing the status

@@ -240,6 +240,7 @@ pub(super) fn check_origins_and_transport(config: &Config, report: &mut Report) 
                 tls.key_file.display()
             ),
         ));
+        check_mode(&tls.key_file, "server.tls_key_file", report);
     }
     if !s.trusted_proxies.is_empty() {
         report.push(Finding::info(

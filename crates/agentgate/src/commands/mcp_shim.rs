@@ -1,4 +1,4 @@
-//! `agentgate mcp-shim --url URL [--token-env VAR | --token-file F] [--env-file F]`: a
+//! `agentgate mcp-shim --url URL [--token-env VAR | --token-file F] [--env-file F] [--ca-file F]`: a
 //! stdio MCP server, as an IDE launches one, that relays to an MCP server hosted by the
 //! gateway on `GET /v1/mcp/{server}` (PROTOCOL.md section 7).
 //!
@@ -33,7 +33,16 @@
 //!   every later request gets an error naming the reason code and what to do; nothing
 //!   is retried, except that when the token came from a file (`--token-file`, or the
 //!   `--env-file`) a later request re-reads it, and a changed token is tried once.
-//! - notifications never get a reply; standard input is read to its end, which exits 0.
+//! - a `wss://` certificate that does not verify (`--ca-file` names the only trusted
+//!   CAs): every waiting request is answered at once with an error naming the TLS error;
+//!   the next request tries again.
+//! - notifications never get a reply; at the end of standard input the answers to what
+//!   was relayed are still delivered (for up to 10 s; what is unanswered then gets an
+//!   error), then the shim exits 0.
+//!
+//! Layout: [`target`] (the URL), [`credential`] (where the token comes from),
+//! [`connecting`] (the handshake, through agentgate-client), [`jsonrpc`] (what the shim
+//! reads of each message), [`relay`] (the state machine), [`advice`] (what errors say).
 
 mod advice;
 mod connecting;

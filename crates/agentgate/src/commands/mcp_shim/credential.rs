@@ -100,9 +100,14 @@ impl Sources {
         if let Some((path, state)) = &env_file {
             match state {
                 EnvFile::Missing => {
+                    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
                     return Err(format!(
-                        "--env-file {} does not exist; fix the path in the MCP server's command line \
-                         (a token is never taken from the command line itself)",
+                        "--env-file {} does not exist; fix the path in the MCP server's command line, or create \
+                         it (its folder may not exist yet): umask 077; mkdir -p {}; echo \
+                         \"AGENTGATE_TOKEN=$(agentgate token mint --config GATEWAY.toml --sub NAME --scope 'mcp:SERVER')\" \
+                         > {} (a token is never taken from the command line itself)",
+                        path.display(),
+                        dir.display(),
                         path.display()
                     ));
                 }
