@@ -159,6 +159,8 @@ pub struct BackendConfig {
     pub redis_prefix: String,
     /// Events held per node while the backend is unreachable.
     pub outage_buffer_events: usize,
+    /// PEM certificates that verify a `rediss://` server instead of the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 impl BackendConfig {
@@ -582,6 +584,7 @@ impl Config {
                 redis_url: f.backend.redis_url,
                 redis_prefix: f.backend.redis_prefix,
                 outage_buffer_events: usize::try_from(f.backend.outage_buffer_events).unwrap_or(usize::MAX),
+                redis_ca_file: f.backend.redis_ca_file,
             },
             agents,
             dev_key,

@@ -1145,8 +1145,20 @@ pub async fn connect(
     cache: Arc<RevocationList>,
 ) -> Result<Backend, String> {
     let b = &config.backend;
-    let client = Client::open(b.redis_url.as_str())
-        .map_err(|e| format!("backend.redis_url {} cannot be used: {}", b.redis_url_redacted(), err_text(&e)))?;
+    let opened = match b.redis_ca_file.as_ref().filter(|_| b.redis_url.starts_with("rediss://")) {
+        // Only these certificates verify the server, instead of the system's roots.
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("backend.redis_ca_file {}: cannot read it: {e}", path.display()))?;
+            Client::build_with_tls(
+                b.redis_url.as_str(),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
+            )
+        }
+        None => Client::open(b.redis_url.as_str()),
+    };
+    let client =
+        opened.map_err(|e| format!("backend.redis_url {} cannot be used: {}", b.redis_url_redacted(), err_text(&e)))?;
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CALL_TIMEOUT))
         .set_response_timeout(Some(CALL_TIMEOUT))
