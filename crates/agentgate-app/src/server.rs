@@ -183,12 +183,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
+    let signals = Signals::install(&config)?;
     if let Some(path) = &config.server.addr_file {
         write_addr_file(path, local)?;
     }
     let grace = config.server.shutdown_grace;
     let (state, waits) = AppState::new(config).await?;
-    serve_state(listener, local, state, waits, grace, shutdown).await
+    serve_state(listener, local, state, waits, grace, signals, shutdown).await
 }
 
 /// Serve one node of a memory backend shared with other in-process nodes (the
@@ -203,13 +204,32 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
+    let signals = Signals::install(&config)?;
     if let Some(path) = &config.server.addr_file {
         write_addr_file(path, local)?;
     }
     let grace = config.server.shutdown_grace;
     let node_id = agentgate_protocol::id::new_id("n_");
     let (state, waits) = AppState::with_backend(config, node_id, Some(memory)).await?;
-    serve_state(listener, local, state, waits, grace, shutdown).await
+    serve_state(listener, local, state, waits, grace, signals, shutdown).await
+}
+
+/// The TLS pair and the SIGHUP handler, set up before the address is announced: from
+/// then on SIGHUP never ends the process.
+struct Signals {
+    tls: Option<Arc<crate::tls::Tls>>,
+    sighup: tokio::task::JoinHandle<()>,
+}
+
+impl Signals {
+    fn install(config: &Config) -> std::io::Result<Self> {
+        let tls = match &config.server.tls {
+            Some(t) => Some(crate::tls::Tls::new(t).map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let sighup = crate::tls::spawn_sighup(tls.clone())?;
+        Ok(Self { tls, sighup })
+    }
 }
 
 async fn serve_state(
@@ -218,15 +238,11 @@ async fn serve_state(
     state: Arc<AppState>,
     waits: Waits,
     grace: Duration,
+    signals: Signals,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Waits { connections: mut tracked, runs: mut drivers } = waits;
-    let tls = match &state.config.server.tls {
-        Some(t) => Some(crate::tls::Tls::new(t).map_err(std::io::Error::other)?),
-        None => None,
-    };
-    // Installed before anything is served: from now on SIGHUP never ends the process.
-    let sighup = crate::tls::spawn_sighup(tls.clone())?;
+    let Signals { tls, sighup } = signals;
     tracing::info!(addr = %local, tls = tls.is_some(), "agentgate listening");
     let metrics_server = match &state.config.server.metrics_listen {
         Some(addr) => {

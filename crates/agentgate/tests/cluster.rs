@@ -560,3 +560,71 @@ fn two_prefixes_on_one_redis_share_nothing() {
     });
     drop((a, b));
 }
+
+#[test]
+fn per_principal_bounds_and_buffer_bytes_hold_across_nodes() {
+    let cluster = Cluster::new(
+        2,
+        "[limits]\nsessions_per_principal = 2\ntickets_per_principal = 2\n[sessions]\nbuffer_bytes = 700\n",
+    );
+    let (a, b) = (cluster.start(0), cluster.start(1));
+    let token = cluster.mint(&["--sub", "alice"]);
+    block_on(async {
+        // Two attached sessions, one per node: a third is refused before the upgrade.
+        let (first, ws1) = connect_bearer(&a.url(), &token, &[]).await;
+        let first_sid = first.welcome()["session_id"].as_str().unwrap().to_owned();
+        let (second, ws2) = connect_bearer(&b.url(), &token, &[]).await;
+        second.welcome();
+        let (third, _) = connect_bearer(&a.url(), &token, &[]).await;
+        third.assert_http(429, "too_many_connections");
+        // Detach the first: the next session drops it (the one detached longest ago).
+        close(ws1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (third, ws3) = connect_bearer(&b.url(), &token, &[]).await;
+        third.welcome();
+        close(ws3).await;
+        close(ws2).await;
+        let url = format!("{}?session_id={first_sid}&last_seq=0", a.url());
+        let (again, ws) = connect_bearer(&url, &token, &[]).await;
+        let w = again.welcome();
+        assert_eq!(w["resume_error"], "session_not_found", "the dropped session is gone on every node: {w}");
+        close(ws).await;
+
+        // Tickets: two live ones per principal, whichever node issued them.
+        let post = |addr: std::net::SocketAddr| {
+            let token = token.clone();
+            async move {
+                reqwest::Client::new()
+                    .post(format!("http://{addr}/v1/tickets"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        assert_eq!(post(a.addr()).await, 201);
+        assert_eq!(post(b.addr()).await, 201);
+        assert_eq!(post(a.addr()).await, 429);
+
+        // Buffer bytes: large events push the oldest out; a resume from 0 says so.
+        let other = cluster.mint(&["--sub", "bob"]);
+        let (outcome, ws) = connect_bearer(&a.url(), &other, &[]).await;
+        let sid = outcome.welcome()["session_id"].as_str().unwrap().to_owned();
+        let mut ws = ws.unwrap();
+        send(&mut ws, demo_run(&"word ".repeat(80), 0)).await;
+        let live = read_until(&mut ws, is_terminal).await;
+        let last = live.iter().filter_map(|v| v["seq"].as_u64()).max().unwrap();
+        drop(ws);
+        let (w, mut ws) = resume(&b.url(), &other, &sid, 0).await;
+        assert_eq!(w["resume_error"], "history_truncated", "{w}");
+        let first_seq = w["first_seq"].as_u64().unwrap();
+        assert!(first_seq > 1, "{w}");
+        let replay = read_until(&mut ws, is_terminal).await;
+        assert_contiguous(&replay, first_seq);
+        assert_eq!(replay.last().unwrap()["seq"].as_u64(), Some(last));
+        let bytes: usize = replay.iter().map(|v| v.to_string().len()).sum();
+        assert!(replay.len() == 1 || bytes <= 700, "the buffer holds at most 700 bytes (or only the newest event)");
+    });
+}

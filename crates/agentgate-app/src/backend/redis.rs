@@ -67,7 +67,8 @@ const XREAD_BLOCK_MS: u64 = 1000;
 const REVOCATION_LOG_LEN: u64 = 10_000;
 
 const APPEND: &str = r"
--- KEYS: meta, stream. ARGV: run, rseq, terminal(0/1), head, tail, maxlen, channel prefix, session
+-- KEYS: meta, stream. ARGV: run, rseq, terminal(0/1), head, tail, maxlen, channel prefix, session,
+-- max bytes
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local tkey = 't:' .. ARGV[1]
 local tseq = redis.call('HGET', KEYS[1], tkey)
@@ -90,7 +91,18 @@ elseif rseq > 0 then
   redis.call('HSET', KEYS[1], rkey, rseq)
 end
 local text = ARGV[4] .. seq .. ARGV[5]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], seq .. '-1', 't', text)
+redis.call('XADD', KEYS[2], seq .. '-1', 't', text)
+-- sessions.buffer_events and sessions.buffer_bytes are decided here (Redis backend): the
+-- oldest events go first, never the newest.
+local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #text)
+local maxlen, maxbytes = tonumber(ARGV[6]), tonumber(ARGV[9])
+local len = redis.call('XLEN', KEYS[2])
+while len > 1 and (len > maxlen or bytes > maxbytes) do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[2], first[1])
+  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#first[2][2])
+  len = len - 1
+end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 local node = redis.call('HGET', KEYS[1], 'node')
@@ -114,24 +126,75 @@ return out
 ";
 
 const ATTACH: &str = r"
--- KEYS: meta, stream. ARGV: node, conn, ttl ms
+-- KEYS: meta, stream. ARGV: node, conn, ttl ms, attached score, session
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local old = redis.call('HMGET', KEYS[1], 'node', 'conn')
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'conn', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local okey = redis.call('HGET', KEYS[1], 'okey')
+if okey then
+  redis.call('ZADD', okey, ARGV[4], ARGV[5])
+  redis.call('PEXPIRE', okey, ARGV[3])
+end
 if old[1] then return {1, old[1], old[2]} end
 return {0}
 ";
 
 const DETACH: &str = r"
--- KEYS: meta, stream. ARGV: node, conn, window ms
+-- KEYS: meta, stream. ARGV: node, conn, window ms, session
 local cur = redis.call('HMGET', KEYS[1], 'node', 'conn')
 if cur[1] == ARGV[1] and cur[2] == ARGV[2] then
   redis.call('HDEL', KEYS[1], 'node', 'conn')
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  local okey = redis.call('HGET', KEYS[1], 'okey')
+  if okey then
+    local t = redis.call('TIME')
+    redis.call('ZADD', okey, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[4])
+  end
 end
+return 0
+";
+
+/// The score of an attached session in its principal's set (detached ones are scored
+/// by their detach time, so the lowest score is the session detached longest ago).
+const ATTACHED_SCORE: u64 = 1 << 52;
+
+const CREATE: &str = r"
+-- KEYS: the principal's sessions (sorted set), the new meta. ARGV: owner, window ms, cap,
+-- key prefix, session, attached score, set ttl ms
+-- limits.sessions_per_principal is decided here (Redis backend): at the cap the session
+-- detached longest ago is dropped; with none detached the new one is refused.
+local cap = tonumber(ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= cap then
+  for _, s in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    if redis.call('EXISTS', ARGV[4] .. '{' .. s .. '}:m') == 0 then redis.call('ZREM', KEYS[1], s) end
+  end
+  if redis.call('ZCARD', KEYS[1]) >= cap then
+    local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[6], 'LIMIT', 0, 1)
+    if #old == 0 then return 0 end
+    redis.call('DEL', ARGV[4] .. '{' .. old[1] .. '}:m', ARGV[4] .. '{' .. old[1] .. '}:e')
+    redis.call('ZREM', KEYS[1], old[1])
+  end
+end
+redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'seq', 0, 'bytes', 0, 'okey', KEYS[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+-- Counted as attached: its first attach follows at once, and no concurrent create of
+-- the same principal may drop it in between.
+redis.call('ZADD', KEYS[1], ARGV[6], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return 1
+";
+
+const ADMITS: &str = r"
+-- KEYS: the principal's sessions. ARGV: cap, key prefix, attached score
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then return 1 end
+for _, s in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[2] .. '{' .. s .. '}:m') == 0 then redis.call('ZREM', KEYS[1], s) end
+end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then return 1 end
+if #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3], 'LIMIT', 0, 1) > 0 then return 1 end
 return 0
 ";
 
@@ -215,6 +278,8 @@ struct Scripts {
     finish_run: Script,
     lease: Script,
     dead_nodes: Script,
+    create: Script,
+    admits: Script,
     put_ticket: Script,
     revoke_subject: Script,
 }
@@ -230,6 +295,8 @@ impl Scripts {
             finish_run: Script::new(FINISH_RUN),
             lease: Script::new(LEASE),
             dead_nodes: Script::new(DEAD_NODES),
+            create: Script::new(CREATE),
+            admits: Script::new(ADMITS),
             put_ticket: Script::new(PUT_TICKET),
             revoke_subject: Script::new(REVOKE_SUBJECT),
         }
@@ -291,6 +358,8 @@ struct Redis {
     inbox: Arc<dyn Inbox>,
     cache: Arc<RevocationList>,
     buffer_events: usize,
+    buffer_bytes: usize,
+    sessions_per_principal: usize,
     resume_window: Duration,
     orphan_timeout: Duration,
     retention: Retention,
@@ -345,8 +414,16 @@ impl Redis {
                 let text = err_text(&e);
                 if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
                     self.health.set(Err(text.clone()));
+                    Err(StoreError::Unavailable(text))
+                } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    || text.contains("LOADING")
+                    || text.contains("NOAUTH")
+                {
+                    Err(StoreError::Unavailable(text))
+                } else {
+                    tracing::error!(error = %text, "redis refused an operation");
+                    Err(StoreError::Failed(text))
                 }
-                Err(StoreError::Unavailable(text))
             }
             // A slow answer fails this call only: the pinger decides whether Redis is
             // unreachable, so one slow call on a busy machine does not refuse handshakes.
@@ -374,6 +451,7 @@ impl Redis {
                     .arg(self.buffer_events)
                     .arg(prefix)
                     .arg(sid)
+                    .arg(self.buffer_bytes)
                     .invoke_async(&mut c)
                     .await
             })
@@ -759,29 +837,46 @@ impl SessionStore for Handle {
     fn create(&self, owner: Owner) -> BoxFuture<'_, Result<String, StoreError>> {
         Box::pin(async move {
             let sid = id::session_id();
-            let meta = self.0.meta(&sid);
+            let r = &self.0;
+            let set = format!("{}sessions:{}", r.prefix, owner_digest(&owner));
+            let meta = r.meta(&sid);
             let owner = serde_json::to_string(&owner).unwrap_or_default();
-            let window = u64::try_from(self.0.resume_window.as_millis()).unwrap_or(u64::MAX).max(1);
-            self.0
+            let window = u64::try_from(r.resume_window.as_millis()).unwrap_or(u64::MAX).max(1);
+            let set_ttl = u64::try_from((r.resume_window + ATTACHED_EXTRA).as_millis()).unwrap_or(u64::MAX);
+            let cap = r.sessions_per_principal;
+            let s2 = sid.clone();
+            let ok: i64 = r
                 .call(|mut c| async move {
-                    redis::pipe()
-                        .atomic()
-                        .cmd("HSET")
-                        .arg(&meta)
-                        .arg("owner")
+                    r.scripts
+                        .create
+                        .key(set)
+                        .key(meta)
                         .arg(owner)
-                        .arg("seq")
-                        .arg(0)
-                        .ignore()
-                        .cmd("PEXPIRE")
-                        .arg(&meta)
                         .arg(window)
-                        .ignore()
-                        .query_async::<()>(&mut c)
+                        .arg(cap)
+                        .arg(&r.prefix)
+                        .arg(s2)
+                        .arg(ATTACHED_SCORE)
+                        .arg(set_ttl)
+                        .invoke_async(&mut c)
                         .await
                 })
                 .await?;
-            Ok(sid)
+            if ok == 1 { Ok(sid) } else { Err(StoreError::SessionLimit(cap)) }
+        })
+    }
+
+    fn admits_new_session(&self, owner: &Owner) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let r = &self.0;
+        let set = format!("{}sessions:{}", r.prefix, owner_digest(owner));
+        Box::pin(async move {
+            let cap = r.sessions_per_principal;
+            let ok: i64 = r
+                .call(|mut c| async move {
+                    r.scripts.admits.key(set).arg(cap).arg(&r.prefix).arg(ATTACHED_SCORE).invoke_async(&mut c).await
+                })
+                .await?;
+            Ok(ok == 1)
         })
     }
 
@@ -844,6 +939,7 @@ impl SessionStore for Handle {
 
     fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<Option<Holder>, StoreError>> {
         let (meta, stream) = (self.0.meta(session_id), self.0.stream(session_id));
+        let sid = session_id.to_owned();
         let ttl = u64::try_from((self.0.resume_window + ATTACHED_EXTRA).as_millis()).unwrap_or(u64::MAX);
         Box::pin(async move {
             let reply: Vec<redis::Value> = self
@@ -857,6 +953,8 @@ impl SessionStore for Handle {
                         .arg(&holder.node)
                         .arg(holder.conn_id)
                         .arg(ttl)
+                        .arg(ATTACHED_SCORE)
+                        .arg(sid)
                         .invoke_async(&mut c)
                         .await
                 })
@@ -876,6 +974,7 @@ impl SessionStore for Handle {
 
     fn detach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>> {
         let (meta, stream) = (self.0.meta(session_id), self.0.stream(session_id));
+        let sid = session_id.to_owned();
         let window = u64::try_from(self.0.resume_window.as_millis()).unwrap_or(u64::MAX).max(1);
         Box::pin(async move {
             self.0
@@ -888,6 +987,7 @@ impl SessionStore for Handle {
                         .arg(&holder.node)
                         .arg(holder.conn_id)
                         .arg(window)
+                        .arg(sid)
                         .invoke_async::<i64>(&mut c)
                         .await
                 })
@@ -1182,6 +1282,8 @@ pub async fn connect(
         inbox,
         cache,
         buffer_events: config.sessions.buffer_events.max(1),
+        buffer_bytes: config.sessions.buffer_bytes.max(1),
+        sessions_per_principal: config.limits.sessions_per_principal.max(1),
         resume_window: config.sessions.resume_window,
         orphan_timeout: config.runs.orphan_timeout,
         retention: Retention { ttl: config.runs.retention, per_principal: config.runs.retained_per_principal },

@@ -37,6 +37,10 @@ pub enum StoreError {
     /// The backend cannot be reached.
     #[error("session backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend was reached but refused the operation (a bug or a misconfigured
+    /// server, not an outage: retrying does not help).
+    #[error("the session backend refused the operation: {0}")]
+    Failed(String),
     /// The append was suppressed: the run already has its terminal event, or this
     /// event of the run was appended before (a retry).
     #[error("event already appended")]
