@@ -606,3 +606,36 @@ fn a_subject_cannot_forge_log_lines_or_colour_the_log() {
         assert!(!line.chars().any(char::is_control), "a control character in: {line:?}");
     }
 }
+
+// === measurement (docs/security.md) ===
+
+/// The worst case of one principal with the default limits: 64 sessions, each holding
+/// a full 1 MiB buffer. Slow (about 64 MB through a debug build), so run on demand:
+/// `cargo test -p agentgate --test abuse -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement for docs/security.md; run on demand"]
+fn measure_one_principal_at_the_default_limits() {
+    let gate = Gate::start("", &[("AGENTGATE_LIMITS__HANDSHAKES_PER_IP_PER_S", "1000")]);
+    let alice = gate.token("one", "alice", &[]);
+    let bob = gate.token("one", "bob", &[]);
+    let big = prompt(1000);
+    let before = gate.rss();
+    block_on(async {
+        for i in 0..80u8 {
+            let (o, ws) = bearer_from(loopback(10 + i), &gate, "", &alice).await;
+            o.welcome();
+            let mut ws = ws.unwrap();
+            big_run(&mut ws, &big).await;
+            close(Some(ws)).await;
+        }
+        let after = gate.rss();
+        eprintln!(
+            "one principal, 80 sessions made (64 kept), each ~1 MiB buffered: RSS {} MiB -> {} MiB (+{} MiB)",
+            before >> 20,
+            after >> 20,
+            (after - before) >> 20
+        );
+        assert!(after - before < 256 << 20);
+        honest_user_is_served(&gate, &bob).await;
+    });
+}
