@@ -642,3 +642,55 @@ fn measure_one_principal_at_the_default_limits() {
         honest_user_is_served(&gate, &bob).await;
     });
 }
+
+// === MCP ===
+
+/// An "MCP server" that writes a raw CR to stderr, then 100 KB lines to stdout forever.
+fn flood_server() -> String {
+    let script = "printf 'starting\\rINFO forged by mcp\\n' >&2; \
+                  line=$(head -c 100000 /dev/zero | tr '\\0' x); \
+                  while :; do printf '%s\\n' \"$line\" || exit 0; done";
+    format!(
+        "[[mcp.servers]]\nname = \"flood\"\ncommand = [\"sh\", \"-c\", {}]\n",
+        serde_json::to_string(script).expect("a TOML basic string is a JSON string here")
+    )
+}
+
+#[test]
+fn a_revoked_mcp_client_that_stopped_reading_is_gone_within_a_second_and_mcp_stderr_is_escaped() {
+    let gate = Gate::start(&flood_server(), &[("AGENTGATE_SERVER__WRITE_TIMEOUT_S", "600")]);
+    let alice = gate.token("one", "alice", &["--jti", "alice-mcp", "--scope", "mcp:flood"]);
+    let admin = gate.token("one", "root", &["--scope", "admin"]);
+    let bob = gate.token("one", "bob", &[]);
+    block_on(async {
+        let url = format!("ws://{}/v1/mcp/flood", gate.addr());
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {alice}")).unwrap());
+        let stream = MaybeTlsStream::Plain(tcp_from(loopback(10), gate.addr(), Some(4096)).await);
+        let (_never_read, _) =
+            tokio::time::timeout(STEP, tokio_tungstenite::client_async(req, stream)).await.unwrap().unwrap();
+        // The server's lines fill the socket buffers; the gateway's write blocks.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(connections_active(&gate).await, 1);
+        let auth = format!("Bearer {admin}");
+        let (status, _, _) = http_from(
+            loopback(11),
+            gate.addr(),
+            "POST",
+            "/v1/admin/revoke",
+            &[("Authorization", &auth)],
+            r#"{"jti":"alice-mcp"}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let took = wait_connections(&gate, 0, Duration::from_secs(3)).await;
+        eprintln!("the revoked, non-reading MCP connection was gone {took:?} after the revocation");
+        honest_user_is_served(&gate, &bob).await;
+    });
+    let log = gate.server.stderr();
+    assert!(log.contains("starting\\rINFO forged by mcp"), "the MCP stderr line is logged, escaped:\n{log}");
+    for line in log.lines() {
+        assert!(!line.trim_start().starts_with("INFO forged"), "a forged line: {line:?}");
+        assert!(!line.chars().any(char::is_control), "a control character in: {line:?}");
+    }
+}
