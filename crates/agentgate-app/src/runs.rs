@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::agents::{Outcome, RunSink, demo, http};
 use crate::config::{AgentKind, Config};
-use crate::session::{Owner, SessionStore};
+use crate::session::{Event, Owner, SessionStore, StoredEvent};
 use agentgate_auth::Principal;
 
 /// Lifecycle of a run.
@@ -44,7 +44,9 @@ impl RunStatus {
 struct RunEntry {
     owner: Owner,
     status: RunStatus,
-    terminal: Option<Value>,
+    /// The terminal event frame, shared with the session buffer (not a parsed copy):
+    /// the retained runs of a principal cost little beyond what the buffer holds.
+    terminal: Option<StoredEvent>,
     cancel: Option<oneshot::Sender<()>>,
     finished_at: Option<Instant>,
 }
@@ -220,7 +222,8 @@ impl Runs {
         if e.owner != *owner || e.finished_at.is_some_and(|t| t.elapsed() >= self.retention) {
             return None;
         }
-        Some((e.status, e.terminal.clone()))
+        let terminal = e.terminal.as_ref().map(|t| serde_json::from_str(&t.text).unwrap_or(Value::Null));
+        Some((e.status, terminal))
     }
 
     /// Forget finished runs past their retention.
@@ -254,12 +257,12 @@ impl Runs {
     fn abandon(&self, run_id: &str, why: &crate::session::StoreError) {
         tracing::info!(run_id, error = %why, "run abandoned: its session can no longer receive events");
         let terminal = json!({"type": "run_cancelled", "run_id": run_id, "data": {}});
-        self.finish(run_id, RunStatus::Cancelled, terminal);
+        self.finish(run_id, RunStatus::Cancelled, Arc::new(Event { seq: 0, text: terminal.to_string().into() }));
     }
 
     /// Record a run's end. The bound `runs.retained_per_principal` is decided here:
     /// past it, the principal's oldest finished run is forgotten.
-    fn finish(&self, run_id: &str, status: RunStatus, terminal: Value) {
+    fn finish(&self, run_id: &str, status: RunStatus, terminal: StoredEvent) {
         let now = Instant::now();
         let mut table = self.map();
         let Some(e) = table.entries.get_mut(run_id) else { return };
@@ -352,8 +355,7 @@ impl PreparedRun {
         };
         match sink.append(ty, data).await {
             Ok(event) => {
-                let terminal = serde_json::from_str(&event.text).unwrap_or(Value::Null);
-                runs.finish(&run_id, status, terminal);
+                runs.finish(&run_id, status, event);
             }
             Err(e) => runs.abandon(&run_id, &e),
         }
@@ -375,6 +377,10 @@ mod tests {
         Owner { issuer: issuer.into(), subject: "alice".into(), tenant: None }
     }
 
+    fn terminal() -> StoredEvent {
+        Arc::new(Event { seq: 1, text: "{}".into() })
+    }
+
     fn add(runs: &Runs, id: &str, owner: &Owner) {
         let mut table = runs.map();
         table.by_owner.entry(owner.clone()).or_default().running += 1;
@@ -394,10 +400,10 @@ mod tests {
         let runs = Runs::new(Duration::from_secs(3600), 3, 16, rx);
         let (a, b) = (owner("one"), owner("two"));
         add(&runs, "r_b", &b);
-        runs.finish("r_b", RunStatus::Completed, json!({}));
+        runs.finish("r_b", RunStatus::Completed, terminal());
         for i in 0..5 {
             add(&runs, &format!("r_{i}"), &a);
-            runs.finish(&format!("r_{i}"), RunStatus::Completed, json!({}));
+            runs.finish(&format!("r_{i}"), RunStatus::Completed, terminal());
         }
         for i in 0..2 {
             assert!(runs.get(&format!("r_{i}"), &a).is_none(), "r_{i} forgotten");
@@ -419,7 +425,7 @@ mod tests {
         let a = owner("one");
         add(&runs, "r_x", &a);
         assert_eq!(runs.active(), 1);
-        runs.finish("r_x", RunStatus::Failed, json!({}));
+        runs.finish("r_x", RunStatus::Failed, terminal());
         std::thread::sleep(Duration::from_millis(5));
         runs.sweep();
         assert!(runs.is_empty());

@@ -694,3 +694,39 @@ fn a_revoked_mcp_client_that_stopped_reading_is_gone_within_a_second_and_mcp_std
         assert!(!line.chars().any(char::is_control), "a control character in: {line:?}");
     }
 }
+
+// === runs ===
+
+#[test]
+fn finished_runs_are_kept_per_principal_up_to_the_cap_oldest_forgotten_first() {
+    let gate = Gate::start("[runs]\nretained_per_principal = 5\n", &[]);
+    let alice = gate.token("one", "alice", &[]);
+    let bob = gate.token("one", "bob", &[]);
+    block_on(async {
+        let (o, ws) = bearer_from(loopback(10), &gate, "", &alice).await;
+        o.welcome();
+        let mut ws = ws.unwrap();
+        let mut runs = Vec::new();
+        for i in 0..12 {
+            send(
+                &mut ws,
+                json!({"type": "run.start", "ref": format!("s{i}"), "agent": "demo", "input": {"prompt": "a"}}),
+            )
+            .await;
+            let frames = read_until(&mut ws, is_terminal).await;
+            runs.push(frames.last().unwrap()["run_id"].as_str().unwrap().to_owned());
+        }
+        for (i, run_id) in runs.iter().enumerate() {
+            send(&mut ws, json!({"type": "run.get", "ref": format!("g{i}"), "run_id": run_id})).await;
+            let reply = read_until(&mut ws, |v| v["ref"] == format!("g{i}")).await.pop().unwrap();
+            if i < 7 {
+                assert_eq!(reply["code"], "run_not_found", "run {i} is forgotten: {reply}");
+            } else {
+                assert_eq!(reply["status"], "completed", "run {i} is kept: {reply}");
+                assert_eq!(reply["terminal"]["type"], "agent_completed");
+            }
+        }
+        close(Some(ws)).await;
+        honest_user_is_served(&gate, &bob).await;
+    });
+}
