@@ -730,3 +730,85 @@ fn finished_runs_are_kept_per_principal_up_to_the_cap_oldest_forgotten_first() {
         honest_user_is_served(&gate, &bob).await;
     });
 }
+
+// === claims and headers ===
+
+#[test]
+fn mistyped_claims_extreme_times_and_smuggled_headers_get_exact_codes_without_a_panic() {
+    let gate = Gate::start("", &[]);
+    let min = i64::MIN.to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--claim".into(), "jti=42".into()], "token_malformed"),
+        (vec!["--claim".into(), "tenant=[\"a\"]".into()], "token_malformed"),
+        (vec!["--claim".into(), "tenant={\"a\":1}".into()], "token_malformed"),
+        (vec!["--claim".into(), "tenant=true".into()], "token_malformed"),
+        (vec!["--claim".into(), "role=7".into()], "token_malformed"),
+        (vec!["--claim".into(), "role=ANON".into()], "anonymous_not_allowed"),
+        (vec!["--claim".into(), "role=[\"user\",\"anon\"]".into()], "anonymous_not_allowed"),
+        (vec!["--claim".into(), format!("exp={min}")], "token_expired"),
+    ];
+    let tokens: Vec<(String, &str)> = cases
+        .iter()
+        .map(|(args, code)| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            (gate.token("one", "alice", &args), *code)
+        })
+        .collect();
+    let tenant_int = gate.token("one", "alice", &["--claim", "tenant=42"]);
+    let valid = gate.token("one", "alice", &[]);
+    block_on(async {
+        for (token, code) in &tokens {
+            let (o, _) = bearer_from(loopback(10), &gate, "", token).await;
+            assert_eq!(o.code(), *code, "{token}");
+        }
+        let (o, ws) = bearer_from(loopback(10), &gate, "", &tenant_int).await;
+        assert_eq!(o.welcome()["principal"]["tenant"], "42");
+        close(ws).await;
+        // A non-ASCII byte in the subprotocol header hides no second credential.
+        let auth = format!("Bearer {valid}");
+        let proto = format!("agentgate.v1, agentgate.bearer.{valid}");
+        let mut stream = tcp_from(loopback(11), gate.addr(), None).await;
+        let req = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: {auth}\r\nSec-WebSocket-Protocol: {proto}@\r\n\r\n"
+        );
+        let mut bytes = req.into_bytes();
+        // The `@` after the offer becomes one raw 0xff byte.
+        let at = bytes.windows(3).position(|w| w == b"@\r\n").unwrap();
+        bytes[at] = 0xff;
+        stream.write_all(&bytes).await.unwrap();
+        // The connection stays open (keep-alive): read until the JSON body is in.
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&raw).contains("}}") {
+            let n = tokio::time::timeout(STEP, stream.read(&mut chunk)).await.expect("an answer").unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&raw));
+            raw.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains("protocol_error"), "{text}");
+        // Two Origin headers: origin_not_allowed (delivered as a close, as with any Origin).
+        let url = gate.url();
+        let (o, _) = ws_from(
+            loopback(12),
+            gate.addr(),
+            &url,
+            &[("authorization", &auth), ("origin", "http://a"), ("origin", "http://b")],
+            None,
+        )
+        .await;
+        assert_eq!(o.code(), "origin_not_allowed");
+    });
+    // `token inspect` of the extreme `exp` reports, without overflowing.
+    let extreme = &tokens.last().unwrap().0;
+    let out = gate.sandbox.run_with_stdin(
+        &["token", "inspect", "--config", &gate.config],
+        &[("ONE_SECRET", ONE_SECRET), ("TWO_SECRET", TWO_SECRET)],
+        extreme,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stdout_of(&out).contains("token_expired"), "{}", describe(&out));
+    assert!(!gate.server.stderr().contains("panicked"), "{}", gate.server.stderr());
+}
