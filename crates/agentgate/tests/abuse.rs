@@ -812,3 +812,20 @@ fn mistyped_claims_extreme_times_and_smuggled_headers_get_exact_codes_without_a_
     assert!(stdout_of(&out).contains("token_expired"), "{}", describe(&out));
     assert!(!gate.server.stderr().contains("panicked"), "{}", gate.server.stderr());
 }
+
+#[test]
+fn shutdown_is_on_time_while_a_write_is_blocked() {
+    let mut gate = Gate::start(STALL_CONFIG, STALL_ENV);
+    let alice = gate.token("one", "alice", &[]);
+    block_on(async {
+        let _stalled = stalled(&gate, loopback(10), &alice).await;
+        assert_eq!(connections_active(&gate).await, 1);
+        let signalled = Instant::now();
+        gate.server.signal_terminate();
+        // The close frame cannot be written to a client that does not read: it is given
+        // up, and the node exits long before `server.shutdown_grace_s` (10 s).
+        let status = gate.server.wait_within(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(0));
+        eprintln!("exited {:?} after SIGTERM with a blocked write", signalled.elapsed());
+    });
+}
