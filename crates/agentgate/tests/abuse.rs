@@ -829,3 +829,56 @@ fn shutdown_is_on_time_while_a_write_is_blocked() {
         eprintln!("exited {:?} after SIGTERM with a blocked write", signalled.elapsed());
     });
 }
+
+#[test]
+fn json_logs_stay_one_valid_json_object_per_line_whatever_the_subject() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config("json.toml", &issuers());
+    let env = [("ONE_SECRET", ONE_SECRET), ("TWO_SECRET", TWO_SECRET)];
+    let server = sandbox.serve(&["--log-format", "json"], &config, &env);
+    let evil = "mallory\n{\"level\":\"INFO\",\"forged\":true}\r\x1b[31m\u{85}\u{2028}";
+    let token = sandbox.mint(&config, &["--issuer", "one", "--sub", evil], &env);
+    block_on(async {
+        let auth = format!("Bearer {token}");
+        let url = server.url();
+        let (o, ws) = ws_from(loopback(10), server.addr(), &url, &[("authorization", &auth)], None).await;
+        assert_eq!(o.welcome()["principal"]["subject"], evil);
+        close(ws).await;
+    });
+    let log = server.stderr();
+    let mut subjects = 0;
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(v.get("forged").is_none(), "a forged line: {line}");
+        assert!(!line.chars().any(char::is_control), "a control character in: {line:?}");
+        if v["fields"]["subject"] == evil {
+            subjects += 1;
+        }
+    }
+    assert!(subjects >= 1, "the subject is logged, and reads back exactly:\n{log}");
+}
+
+#[test]
+fn a_rate_limited_api_request_from_an_allowed_origin_keeps_its_cors_headers() {
+    let gate = Gate::start(
+        "[limits]\nhandshakes_per_ip_per_s = 1\n",
+        &[("AGENTGATE_SERVER__ALLOWED_ORIGINS", "[\"http://app.test\"]")],
+    );
+    let bob = gate.token("one", "bob", &[]);
+    block_on(async {
+        let auth = format!("Bearer {bob}");
+        let headers = [("Authorization", auth.as_str()), ("Origin", "http://app.test")];
+        let mut limited = None;
+        for _ in 0..4 {
+            let (status, head, _) = http_from(loopback(10), gate.addr(), "POST", "/v1/tickets", &headers, "").await;
+            if status == 429 {
+                limited = Some(head);
+                break;
+            }
+            assert_eq!(status, 201);
+        }
+        let head = limited.expect("the bucket (burst 2) ran out within 4 requests");
+        assert!(head.contains("access-control-allow-origin: http://app.test"), "{head}");
+        assert!(head.contains("retry-after:"), "{head}");
+    });
+}
