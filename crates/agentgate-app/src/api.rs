@@ -152,7 +152,11 @@ async fn authenticate(
     remote: SocketAddr,
 ) -> Result<(String, Option<String>, Principal), Response> {
     let request_id = id::request_id();
-    crate::routes::check_rate(app, remote, &request_id).map_err(|r| refuse(app, r, remote, None))?;
+    if let Err(r) = crate::routes::check_rate(app, remote, &request_id) {
+        // An allowed origin still gets its CORS headers, so a browser can read the 429.
+        let cors_origin = allowed_origin(app, headers, &request_id).ok().flatten();
+        return Err(refuse(app, r, remote, cors_origin.as_deref()));
+    }
     let origin = allowed_origin(app, headers, &request_id).map_err(|r| refuse(app, r, remote, None))?;
     let principal =
         bearer_principal(app, headers, &request_id).await.map_err(|r| refuse(app, r, remote, origin.as_deref()))?;

@@ -839,3 +839,65 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod fifth_revision_tests {
+    use super::*;
+
+    fn load(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = format!("[[auth.jwt]]\nname = \"local\"\nalgorithms = [\"HS256\"]\nsecret_env = \"S\"\n{toml}");
+        std::fs::write(&path, text).unwrap();
+        let mut env = Env::new();
+        env.insert("AGENTGATE_HOME".into(), dir.path().display().to_string());
+        env.insert("S".into(), "a-test-secret-0123456789abcdef0123456789".into());
+        for (k, v) in vars {
+            env.insert((*k).into(), (*v).into());
+        }
+        Config::load(Some(&path), &env)
+    }
+
+    #[test]
+    fn the_bound_keys_have_their_contract_defaults() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.server.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.sessions.buffer_bytes, 1_048_576);
+        assert_eq!(c.sessions.memory_limit_bytes, 1_073_741_824);
+        assert_eq!(c.runs.retained_per_principal, 256);
+        assert_eq!(c.limits.sessions_per_principal, 64);
+        assert_eq!(c.limits.tickets_per_principal, 16);
+    }
+
+    #[test]
+    fn the_bound_keys_load_from_file_and_environment() {
+        let c = load(
+            "[sessions]\nbuffer_bytes = 65536\nmemory_limit_bytes = 4194304\n[runs]\nretained_per_principal = 5\n\
+             [limits]\nsessions_per_principal = 8\ntickets_per_principal = 4\n",
+            &[("AGENTGATE_SERVER__WRITE_TIMEOUT_S", "3")],
+        )
+        .unwrap();
+        assert_eq!(c.server.write_timeout, Duration::from_secs(3));
+        assert_eq!((c.sessions.buffer_bytes, c.sessions.memory_limit_bytes), (65536, 4_194_304));
+        assert_eq!(c.runs.retained_per_principal, 5);
+        assert_eq!((c.limits.sessions_per_principal, c.limits.tickets_per_principal), (8, 4));
+    }
+
+    #[test]
+    fn a_zero_bound_is_a_config_error_naming_the_key() {
+        for (section, key) in [
+            ("server", "write_timeout_s"),
+            ("sessions", "buffer_bytes"),
+            ("sessions", "memory_limit_bytes"),
+            ("runs", "retained_per_principal"),
+            ("limits", "sessions_per_principal"),
+            ("limits", "tickets_per_principal"),
+        ] {
+            let var = format!("AGENTGATE_{}__{}", section.to_uppercase(), key.to_uppercase());
+            let e = load("", &[(&var, "0")]).unwrap_err();
+            assert_eq!(e.key, format!("{section}.{key}"), "{e:?}");
+            let e = load("", &[(&var, "-1")]).unwrap_err();
+            assert!(e.key.contains(key), "{e:?}");
+        }
+    }
+}

@@ -26,6 +26,10 @@ pub const OUTBOUND_QUEUE: usize = 256;
 /// A peer silent for this many heartbeats is considered dead and closed.
 const DEAD_AFTER_HEARTBEATS: u32 = 3;
 
+/// Longest wait to write a close frame (after a blocked write, the pending bytes of
+/// the frame it was writing go first); then the connection is dropped without one.
+pub(crate) const CLOSE_WRITE: Duration = Duration::from_millis(500);
+
 /// How long to wait for the client's close frame after ours.
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
@@ -133,20 +137,16 @@ pub(crate) fn run(
             expires_at: principal.expires_at,
             heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
         };
-        let mut ok = send_text(&mut socket, serde_json::to_string(&welcome).unwrap_or_default()).await;
-        crate::metrics::accepted(opened.resumed);
-        for event in opened.replay {
-            if !ok {
-                break;
+        let end = {
+            let interrupts = crate::interrupts::Interrupts::new(&app);
+            let mut conn =
+                Conn { app: &app, socket: &mut socket, sub: &mut sub, principal, conn_id, interrupts, ended: None };
+            // Boxed: the welcome and replay run once; their state should not size every
+            // idle connection's task.
+            match Box::pin(conn.welcome(welcome, opened.replay, opened.resumed)).await {
+                Ok(()) => conn.serve().await,
+                Err(end) => end,
             }
-            ok = send_text(&mut socket, event.text.as_ref().to_owned()).await;
-            crate::metrics::events_sent(u64::from(ok));
-        }
-        let end = if ok {
-            let mut conn = Conn { app: &app, socket: &mut socket, sub: &mut sub, principal, conn_id };
-            conn.serve().await
-        } else {
-            End::Gone
         };
         sub.close().await;
         match end {
@@ -156,7 +156,7 @@ pub(crate) fn run(
             }
             End::ClientClosed => {
                 // tungstenite queued the answering close frame; flushing sends it.
-                let _ = futures_util::SinkExt::flush(&mut socket).await;
+                let _ = tokio::time::timeout(CLOSE_WRITE, futures_util::SinkExt::flush(&mut socket)).await;
                 tracing::debug!(conn_id, session_id = %session_id, "connection closed by client");
             }
             End::Gone => tracing::debug!(conn_id, session_id = %session_id, "connection lost"),
@@ -170,29 +170,46 @@ struct Conn<'a> {
     sub: &'a mut Subscription,
     principal: Principal,
     conn_id: u64,
+    interrupts: crate::interrupts::Interrupts,
+    /// Why the last failed send ended the connection.
+    ended: Option<End>,
 }
 
 impl Conn<'_> {
+    /// The welcome, then the replay, each write bounded like every other.
+    async fn welcome(
+        &mut self,
+        welcome: Welcome,
+        replay: Vec<crate::session::StoredEvent>,
+        resumed: bool,
+    ) -> Result<(), End> {
+        self.send(Message::Text(serde_json::to_string(&welcome).unwrap_or_default().into())).await?;
+        crate::metrics::accepted(resumed);
+        for event in replay {
+            self.send(Message::Text(event.text.as_ref().to_owned().into())).await?;
+            crate::metrics::events_sent(1);
+        }
+        Ok(())
+    }
+
+    /// Send one frame within `server.write_timeout_s`; shutdown, revocation and
+    /// expiry still close the connection on time while the write is blocked.
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
+        let (_, expire_at) = self.expiry_deadlines();
+        self.interrupts.send(self.app, &self.principal, expire_at, self.socket, msg).await
+    }
+
     async fn serve(&mut self) -> End {
         let limiter = message_limiter(self.app);
-        let mut shutdown = self.app.shutdown_rx();
         let heartbeat = self.app.config.server.heartbeat;
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         let mut last_seen = Instant::now();
         let mut warned = false;
-        let mut revoked = self.app.revocations.subscribe();
         loop {
             let (warn_at, expire_at) = self.expiry_deadlines();
             tokio::select! {
                 biased;
-                () = crate::shutdown::wait(&mut shutdown) => return End::Close(ErrorCode::ServerRestart),
-                Ok(()) = revoked.changed() => {
-                    use agentgate_auth::Revocations;
-                    let p = &self.principal;
-                    if self.app.revocations.is_revoked(p.jti.as_deref(), &p.subject, p.issued_at) {
-                        return End::Close(ErrorCode::TokenRevoked);
-                    }
-                }
+                code = self.interrupts.wait(self.app, &self.principal, expire_at) => return End::Close(code),
                 changed = self.sub.kicked.changed() => {
                     let code = if changed.is_ok() { *self.sub.kicked.borrow() } else { None };
                     return End::Close(code.unwrap_or(ErrorCode::InternalError));
@@ -200,8 +217,8 @@ impl Conn<'_> {
                 event = self.sub.events.recv() => match event {
                     Some(event) => {
                         for event in self.sub.accept(event).await {
-                            if !send_text(self.socket, event.text.as_ref().to_owned()).await {
-                                return End::Gone;
+                            if let Err(end) = self.send(Message::Text(event.text.as_ref().to_owned().into())).await {
+                                return end;
                             }
                             crate::metrics::events_sent(1);
                             crate::metrics::event_delivered(&event.text);
@@ -228,17 +245,16 @@ impl Conn<'_> {
                     if let Some(exp) = self.principal.expires_at
                         && !self.reply(Reply::AuthExpiring { expires_at: exp }).await
                     {
-                        return End::Gone;
+                        return self.ended.take().unwrap_or(End::Gone);
                     }
                 }
-                () = sleep_until_opt(expire_at) => return End::Close(ErrorCode::TokenExpired),
                 _ = ping.tick() => {
                     if last_seen.elapsed() >= heartbeat * DEAD_AFTER_HEARTBEATS {
                         tracing::info!(conn_id = self.conn_id, "peer silent for {} heartbeats; closing", DEAD_AFTER_HEARTBEATS);
                         return End::Gone;
                     }
-                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
-                        return End::Gone;
+                    if let Err(end) = self.send(Message::Ping(Default::default())).await {
+                        return end;
                     }
                 }
             }
@@ -260,8 +276,15 @@ impl Conn<'_> {
         )
     }
 
+    /// Send a reply; `false` when the connection ends, its reason kept in `ended`.
     async fn reply(&mut self, reply: Reply) -> bool {
-        send_text(self.socket, reply.to_json()).await
+        match self.send(Message::Text(reply.to_json().into())).await {
+            Ok(()) => true,
+            Err(end) => {
+                self.ended = Some(end);
+                false
+            }
+        }
     }
 
     /// Handle one client message; `Some` ends the connection.
@@ -351,7 +374,7 @@ impl Conn<'_> {
             }
             ClientMessage::Ping { r#ref } => self.reply(Reply::Pong { r#ref }).await,
         };
-        if sent { None } else { Some(End::Gone) }
+        if sent { None } else { Some(self.ended.take().unwrap_or(End::Gone)) }
     }
 }
 
@@ -495,16 +518,17 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-async fn send_text(socket: &mut WebSocket, text: String) -> bool {
-    socket.send(Message::Text(text.into())).await.is_ok()
-}
-
 /// Send a close frame with `code`'s close code and `{"code":"..."}` reason, then wait
-/// briefly for the client's close.
+/// briefly for the client's close (750 ms in all). A close that cannot be written
+/// within [`CLOSE_WRITE`] (a client that stopped reading) is given up: the connection
+/// is dropped, so revocation and expiry end it on time.
 pub(crate) async fn close(socket: &mut WebSocket, code: ErrorCode) {
     let frame = CloseFrame { code: code.close_code(), reason: code.close_reason().into() };
-    if socket.send(Message::Close(Some(frame))).await.is_ok() {
-        drain_after_close(socket).await;
+    // Writing our close and reading the client's share one deadline, so a client that
+    // stopped reading is gone within it (revocation: closed within 1 s).
+    let deadline = Instant::now() + CLOSE_WRITE + CLOSE_WRITE / 2;
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_WRITE, socket.send(Message::Close(Some(frame)))).await {
+        let _ = tokio::time::timeout_at(deadline, drain_after_close(socket)).await;
     }
 }
 

@@ -29,6 +29,7 @@ pub mod credentials;
 pub mod doctor;
 pub mod error;
 pub mod head_limit;
+mod interrupts;
 pub mod jwks;
 pub mod limits;
 pub mod mcp;

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{AnyDelimiterCodec, FramedRead, LinesCodec};
 
 use crate::config::McpServerConfig;
-use crate::connection::{self, End, Inbound, Slots, sleep_until_opt};
+use crate::connection::{self, End, Inbound, Slots};
 use crate::credentials::{self, Endpoint, Found};
 use crate::error::Rejection;
 use crate::limits::Slot;
@@ -184,18 +184,26 @@ async fn relay(app: Arc<AppState>, mut socket: WebSocket, admitted: Admitted, re
     let max = app.config.server.max_message_bytes;
     let stdout = FramedRead::new(stdout, AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max));
     let end = pump(&app, &mut socket, stdin, stdout, &admitted.principal, conn_id).await;
+    // The client's close first, so that revocation and expiry end the connection on
+    // time even when the server is slow to stop.
+    close_client(&mut socket, end, conn_id, &server.name).await;
+    drop(socket);
+    drop(_gauge);
     stop(&mut child).await;
     log_stderr.abort();
+}
+
+async fn close_client(socket: &mut WebSocket, end: End, conn_id: u64, server: &str) {
     match end {
         End::Close(code) => {
-            tracing::info!(conn_id, server = %server.name, reason = code.as_str(), "MCP connection closed by server");
-            connection::close(&mut socket, code).await;
+            tracing::info!(conn_id, server = %server, reason = code.as_str(), "MCP connection closed by server");
+            connection::close(socket, code).await;
         }
         End::ClientClosed => {
-            let _ = futures_util::SinkExt::flush(&mut socket).await;
-            tracing::info!(conn_id, server = %server.name, "MCP connection closed by client");
+            let _ = tokio::time::timeout(connection::CLOSE_WRITE, futures_util::SinkExt::flush(socket)).await;
+            tracing::info!(conn_id, server = %server, "MCP connection closed by client");
         }
-        End::Gone => tracing::info!(conn_id, server = %server.name, "MCP connection lost"),
+        End::Gone => tracing::info!(conn_id, server = %server, "MCP connection lost"),
     }
 }
 
@@ -208,8 +216,9 @@ async fn pump(
     conn_id: u64,
 ) -> End {
     let limiter = connection::message_limiter(app);
-    let mut shutdown = app.shutdown_rx();
-    let mut revoked = app.revocations.subscribe();
+    // Shutdown, revocation and expiry close the connection on time, also while a write
+    // (to the client or to the server's stdin) is blocked.
+    let mut interrupts = crate::interrupts::Interrupts::new(app);
     let expire_at = principal.expires_at.map(|exp| {
         let secs = exp.saturating_add(app.config.auth.leeway_s).saturating_add(1).saturating_sub(telemetry::unix_now());
         Instant::now() + Duration::from_secs(u64::try_from(secs.max(0)).unwrap_or(0))
@@ -218,22 +227,15 @@ async fn pump(
     loop {
         tokio::select! {
             biased;
-            () = crate::shutdown::wait(&mut shutdown) => return End::Close(ErrorCode::ServerRestart),
-            Ok(()) = revoked.changed() => {
-                use agentgate_auth::Revocations;
-                if app.revocations.is_revoked(principal.jti.as_deref(), &principal.subject, principal.issued_at) {
-                    return End::Close(ErrorCode::TokenRevoked);
-                }
-            }
-            () = sleep_until_opt(expire_at) => return End::Close(ErrorCode::TokenExpired),
+            code = interrupts.wait(app, principal, expire_at) => return End::Close(code),
             line = stdout.next() => match line {
                 Some(Ok(bytes)) => {
                     let Ok(text) = Utf8Bytes::try_from(bytes) else {
                         tracing::warn!(conn_id, "MCP server wrote a line that is not UTF-8");
                         return End::Close(ErrorCode::McpServerFailed);
                     };
-                    if socket.send(Message::Text(text)).await.is_err() {
-                        return End::Gone;
+                    if let Err(end) = interrupts.send(app, principal, expire_at, socket, Message::Text(text)).await {
+                        return end;
                     }
                 }
                 Some(Err(e)) => {
@@ -253,7 +255,12 @@ async fn pump(
                     let mut line = Vec::with_capacity(text.len() + 1);
                     line.extend_from_slice(text.as_bytes());
                     line.push(b'\n');
-                    match tokio::time::timeout(STDIN_WRITE_TIMEOUT, stdin.write_all(&line)).await {
+                    let write = tokio::time::timeout(STDIN_WRITE_TIMEOUT, stdin.write_all(&line));
+                    let written = match interrupts.race(app, principal, expire_at, write).await {
+                        Ok(w) => w,
+                        Err(code) => return End::Close(code),
+                    };
+                    match written {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             tracing::info!(conn_id, error = %e, "MCP server stdin closed");

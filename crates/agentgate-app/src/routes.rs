@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use agentgate_protocol::{ErrorCode, PROTOCOL_V1, id};
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header::ORIGIN};
 use axum::response::{IntoResponse, Response};
@@ -396,9 +396,8 @@ pub(crate) fn reject(
             let ws = configure(app, ws, headers);
             let code = r.code;
             let mut resp = ws.on_upgrade(move |mut socket| async move {
-                let frame = CloseFrame { code: code.close_code(), reason: code.close_reason().into() };
-                let _ = socket.send(Message::Close(Some(frame))).await;
-                connection::drain_after_close(&mut socket).await;
+                // Bounded: a client that does not read cannot hold this task.
+                connection::close(&mut socket, code).await;
             });
             if let Ok(v) = HeaderValue::from_str(&r.request_id) {
                 resp.headers_mut().insert("x-request-id", v);

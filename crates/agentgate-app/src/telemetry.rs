@@ -46,7 +46,7 @@ pub fn unix_now() -> i64 {
 }
 
 /// Writes log lines with every control character escaped (`\n`, `\r`, `\t`, others as
-/// `\u{..}`), except the newline that ends each line. The formatter hands over one whole
+/// `\u00XX`), except the newline that ends each line. The formatter hands over one whole
 /// line per write, so a forged newline inside a field can never start a line.
 #[derive(Debug)]
 pub struct EscapingWriter<W>(pub W);
@@ -88,7 +88,8 @@ pub fn escape_log_text(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            // `\uXXXX` is also a valid JSON escape, so JSON log lines stay valid JSON.
+            c if needs_escape(c) => out.push_str(&format!("\\u{:04x}", u32::from(c))),
             c => out.push(c),
         }
     }
@@ -105,7 +106,7 @@ mod tests {
         let mut w = EscapingWriter(Vec::new());
         w.write_all(b"subject=alice\nINFO forged\r\x1b[31mred\x7f\xc2\x85 end\n").unwrap();
         let out = String::from_utf8(w.0).unwrap();
-        assert_eq!(out, "subject=alice\\nINFO forged\\r\\u{1b}[31mred\\u{7f}\\u{85} end\n");
+        assert_eq!(out, "subject=alice\\nINFO forged\\r\\u001b[31mred\\u007f\\u0085 end\n");
         assert_eq!(out.lines().count(), 1);
         assert!(!out.trim_end_matches('\n').chars().any(char::is_control));
     }

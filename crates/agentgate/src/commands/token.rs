@@ -150,8 +150,8 @@ fn print_report(report: &Value, claims: &Option<Map<String, Value>>, now: i64) {
         println!("claims: {}", show(&Value::Object(c.clone())));
         for name in ["exp", "nbf", "iat"] {
             if let Some(t) = c.get(name).and_then(Value::as_i64) {
-                let d = t - now;
-                let when = if d >= 0 { format!("in {d} s") } else { format!("{} s ago", -d) };
+                let d = t.saturating_sub(now);
+                let when = if d >= 0 { format!("in {d} s") } else { format!("{} s ago", d.unsigned_abs()) };
                 println!("  {name}: {t} ({when})");
             }
         }
