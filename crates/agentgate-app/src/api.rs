@@ -224,13 +224,23 @@ async fn bearer_principal(app: &AppState, headers: &HeaderMap, request_id: &str)
     if second.is_some() {
         return Err(Rejection::new(ErrorCode::CredentialsAmbiguous, "send one Authorization header", request_id));
     }
-    let token = first
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
-        .filter(|t| !t.is_empty());
+    let value = first.and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    // As on /v1/ws: an Authorization that is not `Bearer ...` is token_malformed; an
+    // empty `Bearer` is no credential at all.
+    let token = match value {
+        Some(v) => {
+            let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(Rejection::new(
+                    ErrorCode::TokenMalformed,
+                    "the Authorization header is not `Bearer <token>`",
+                    request_id,
+                ));
+            }
+            Some(rest.trim()).filter(|t| !t.is_empty())
+        }
+        None => None,
+    };
     let Some(token) = token else {
         return Err(Rejection::new(
             ErrorCode::TokenMissing,

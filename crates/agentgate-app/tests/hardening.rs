@@ -114,6 +114,15 @@ async fn the_ticket_endpoint_checks_origin_first_and_answers_cors() {
     assert_eq!(r.header("vary"), Some("Origin"));
     assert!(r.header("www-authenticate").unwrap().contains("error_description=\"token_missing\""));
 
+    // A non-Bearer Authorization is token_malformed here as on /v1/ws; an empty Bearer is
+    // no credential.
+    let basic = [("Origin", "http://app.test"), ("Authorization", "Basic YWxpY2U6cHc=")];
+    let r = http(server.addr, "POST", "/v1/tickets", &basic, b"").await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (401, Some("token_malformed")));
+    let empty = [("Origin", "http://app.test"), ("Authorization", "Bearer ")];
+    let r = http(server.addr, "POST", "/v1/tickets", &empty, b"").await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (401, Some("token_missing")));
+
     let r = ticket(&server, &format!("{token}x"), Some("http://app.test")).await;
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (401, Some("signature_invalid")));
 
