@@ -47,11 +47,18 @@ pub(crate) fn mono_ns() -> u64 {
 
 /// Open a WebSocket to `target` from `src` (small client buffers: the helpers hold
 /// thousands).
-pub(crate) async fn connect(target: &Target, src: Ipv4Addr, token: Option<&str>) -> Result<Ws> {
-    let sock = TcpSocket::new_v4()?;
-    sock.set_reuseaddr(true)?;
-    sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("bind {src}"))?;
-    let stream = tokio::time::timeout(STEP, sock.connect(target.addr)).await.context("connect timed out")??;
+/// With `src`, the socket is bound to it (for the many long-lived connections); without,
+/// the kernel picks the port at connect time, which is cheaper for short connections.
+pub(crate) async fn connect(target: &Target, src: Option<Ipv4Addr>, token: Option<&str>) -> Result<Ws> {
+    let stream = match src {
+        Some(src) => {
+            let sock = TcpSocket::new_v4()?;
+            sock.set_reuseaddr(true)?;
+            sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("bind {src}"))?;
+            tokio::time::timeout(STEP, sock.connect(target.addr)).await.context("connect timed out")??
+        }
+        None => tokio::time::timeout(STEP, TcpStream::connect(target.addr)).await.context("connect timed out")??,
+    };
     stream.set_nodelay(true)?;
     let mut req = format!("ws://{}/v1/ws", target.addr).into_client_request()?;
     if target.auth
@@ -80,7 +87,7 @@ pub(crate) async fn next_text(ws: &mut Ws) -> Result<String> {
 }
 
 /// Connect and wait for the welcome.
-pub(crate) async fn open(target: &Target, src: Ipv4Addr, token: Option<&str>) -> Result<Ws> {
+pub(crate) async fn open(target: &Target, src: Option<Ipv4Addr>, token: Option<&str>) -> Result<Ws> {
     let mut ws = connect(target, src, token).await?;
     let first = next_text(&mut ws).await?;
     let v: Value = serde_json::from_str(&first).with_context(|| format!("first frame is not JSON: {first}"))?;
@@ -123,7 +130,10 @@ pub(crate) async fn handshake_round(
             let (mut ok, mut failed, mut last_err) = (0usize, 0usize, None);
             let mut i = c;
             while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max {
-                match open(&target, source(i), Some(&token)).await {
+                // Rotating source addresses: plain connect() reuses ports that the server
+                // still holds in TIME_WAIT, and some handshakes then stall for a second.
+                i += concurrency;
+                match open(&target, Some(source(i)), Some(&token)).await {
                     Ok(ws) => {
                         close(ws).await;
                         ok += 1;
@@ -133,7 +143,6 @@ pub(crate) async fn handshake_round(
                         last_err = Some(e);
                     }
                 }
-                i += concurrency;
             }
             (ok, failed, last_err)
         });
@@ -172,7 +181,7 @@ pub(crate) async fn open_many(target: &Target, tokens: &[String], n: usize, src:
                     break;
                 }
                 mine.push(
-                    open(&target, src, Some(&tokens[i % tokens.len()]))
+                    open(&target, Some(src), Some(&tokens[i % tokens.len()]))
                         .await
                         .with_context(|| format!("connection {} of {n} to {}", i + 1, target.addr))?,
                 );

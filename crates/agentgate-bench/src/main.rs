@@ -354,11 +354,15 @@ async fn handshakes(env: &Env<'_>, specs: &[Spec], args: &Args, ticks: f64) -> R
             let rate = r.ok as f64 / cpu.max(f64::EPSILON);
             #[allow(clippy::cast_precision_loss)]
             let wall = r.ok as f64 / r.wall_s.max(f64::EPSILON);
+            let busy = |c: f64| 100.0 * c / r.wall_s.max(f64::EPSILON);
             eprintln!(
-                "handshakes round {}/{rounds}: {:<36} {:>6} in {cpu:.2} server CPU-s = {rate:>7.0}/CPU-s ({wall:.0}/s wall)",
+                "handshakes round {}/{rounds}: {:<36} {:>6} in {cpu:.2} server CPU-s = {rate:>7.0}/CPU-s \
+                 ({wall:.0}/s wall; server busy {:.0}%, load generator {:.0}%)",
                 round + 1,
                 specs[i].name,
                 r.ok,
+                busy(cpu),
+                busy(me1 - me0),
             );
         }
     }
@@ -518,16 +522,18 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
             args.latency_sessions.clone().unwrap_or(if args.quick { vec![1, 100, 1000] } else { vec![1, 100, 10_000] });
         let window =
             Duration::from_secs_f64(args.latency_secs.unwrap_or(if args.quick { 2.0 } else { 10.0 }).clamp(0.5, 120.0));
-        for s in specs.iter().filter(|s| matches!(s.kind, Kind::Gateway(_))) {
-            let mut rows = Vec::new();
-            for &n in &levels {
-                if n > 19_000 {
-                    bail!("--latency-sessions {n}: the gateway holds at most about 19 000 connections (open files)");
-                }
+        let gateways: Vec<&Spec> = specs.iter().filter(|s| matches!(s.kind, Kind::Gateway(_))).collect();
+        lat = gateways.iter().map(|s| (s.name.clone(), Vec::new())).collect();
+        // Levels outside, gateways inside: noise from the machine falls on each alike.
+        for &n in &levels {
+            if n > 19_000 {
+                bail!("--latency-sessions {n}: the gateway holds at most about 19 000 connections (open files)");
+            }
+            let tokens = mint_many("lat", n)?;
+            for (k, s) in gateways.iter().enumerate() {
                 // A fresh gateway per level.
                 let proc = env.start(s)?;
                 let target = Target { addr: proc.addr, auth: true };
-                let tokens = mint_many("lat", n)?;
                 eprintln!("latency: {} with {n} sessions ...", s.name);
                 let l = load::latency_level(&target, &tokens, n, args.latency_streaming_max, args.latency_rate, window)
                     .await
@@ -540,10 +546,9 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
                     load::percentile(&l.micros, 99.9),
                     l.micros.len()
                 );
-                rows.push(l);
+                lat[k].1.push(l);
                 drop(proc);
             }
-            lat.push((s.name.clone(), rows));
         }
     }
 
@@ -741,11 +746,12 @@ a.set_title("Idle memory")
 a.grid(True, alpha=0.3)
 a.legend(fontsize=8)
 servers = sorted({l["server"] for l in r["latency"]})
-styles = {"p50": "-", "p99": "--", "p999": ":"}
-for s in servers:
+styles = {"p50": ("-", "o"), "p99": ("--", "s"), "p999": (":", "^")}
+for i, s in enumerate(servers):
     rows = [l for l in r["latency"] if l["server"] == s]
-    for q, st in styles.items():
-        b.plot([l["sessions"] for l in rows], [l[q] / 1000 for l in rows], st, marker="o", label=f"{s} {q}")
+    for q, (st, mk) in styles.items():
+        b.plot([l["sessions"] for l in rows], [l[q] / 1000 for l in rows], st, marker=mk, color=f"C{i + 2}",
+               label=f"{s} {q}")
 b.set_xscale("log")
 b.set_yscale("log")
 b.set_xlabel("concurrent sessions")
