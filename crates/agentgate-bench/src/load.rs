@@ -251,12 +251,16 @@ pub(crate) struct Latency {
     pub(crate) streaming: usize,
     pub(crate) interval_ms: f64,
     pub(crate) micros: Vec<f64>,
+    /// Milliseconds per second that the gateway's threads waited, runnable, for a CPU
+    /// while the events streamed (other processes on its core).
+    pub(crate) runqueue_ms_per_s: f64,
 }
 
 /// `sessions` connected sessions, of which `min(sessions, active_max)` each stream one
 /// run whose events are spread so that all of them together get about `rate` events
 /// per second (at most one per millisecond each), for about `window`.
 pub(crate) async fn latency_level(
+    server_pid: u32,
     target: &Target,
     tokens: &[String],
     sessions: usize,
@@ -279,6 +283,7 @@ pub(crate) async fn latency_level(
         k += 1;
     }
     let idle = conns.split_off(streaming);
+    let (wait0, t0) = (crate::procs::runqueue_wait_ns(server_pid), Instant::now());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, mut ws) in conns.into_iter().enumerate() {
         let delay_us = (i as u64 * interval_us) / streaming as u64;
@@ -326,10 +331,14 @@ pub(crate) async fn latency_level(
         Ok(r) => r?,
         Err(_) => bail!("the latency level with {sessions} sessions did not finish within {limit:?}"),
     }
+    #[allow(clippy::cast_precision_loss)]
+    let runqueue_ms_per_s = crate::procs::runqueue_wait_ns(server_pid).saturating_sub(wait0) as f64
+        / 1e6
+        / t0.elapsed().as_secs_f64().max(f64::EPSILON);
     drop(idle);
     micros.sort_by(f64::total_cmp);
     #[allow(clippy::cast_precision_loss)]
-    Ok(Latency { sessions, streaming, interval_ms: interval_us as f64 / 1000.0, micros })
+    Ok(Latency { sessions, streaming, interval_ms: interval_us as f64 / 1000.0, micros, runqueue_ms_per_s })
 }
 
 /// The `p`th percentile of sorted values (nearest rank).

@@ -535,9 +535,17 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
                 let proc = env.start(s)?;
                 let target = Target { addr: proc.addr, auth: true };
                 eprintln!("latency: {} with {n} sessions ...", s.name);
-                let l = load::latency_level(&target, &tokens, n, args.latency_streaming_max, args.latency_rate, window)
-                    .await
-                    .with_context(|| format!("latency of {} at {n} sessions", s.name))?;
+                let l = load::latency_level(
+                    proc.pid(),
+                    &target,
+                    &tokens,
+                    n,
+                    args.latency_streaming_max,
+                    args.latency_rate,
+                    window,
+                )
+                .await
+                .with_context(|| format!("latency of {} at {n} sessions", s.name))?;
                 eprintln!(
                     "latency: {:<20} {n:>6} sessions: p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs ({} events)",
                     s.name,
@@ -631,13 +639,15 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
             args.latency_rate
         );
         println!();
-        println!("| server | sessions | streaming (each every) | events | p50 µs | p99 µs | p999 µs | max µs |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| server | sessions | streaming (each every) | events | p50 µs | p99 µs | p999 µs | max µs | gateway waited for a CPU |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (name, rows) in &lat {
             for l in rows {
                 let m = &l.micros;
                 println!(
-                    "| {name} | {} | {} ({:.0} ms) | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    "| {name} | {} | {} ({:.0} ms) | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} ms/s |",
                     l.sessions,
                     l.streaming,
                     l.interval_ms,
@@ -645,11 +655,12 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
                     load::percentile(m, 50.0),
                     load::percentile(m, 99.0),
                     load::percentile(m, 99.9),
-                    m.last().copied().unwrap_or(f64::NAN)
+                    m.last().copied().unwrap_or(f64::NAN),
+                    l.runqueue_ms_per_s
                 );
                 json_lat.push(json!({"server": name, "sessions": l.sessions, "streaming": l.streaming,
                     "events": m.len(), "p50": load::percentile(m, 50.0), "p99": load::percentile(m, 99.0),
-                    "p999": load::percentile(m, 99.9), "max": m.last()}));
+                    "p999": load::percentile(m, 99.9), "max": m.last(), "runqueue_ms_per_s": l.runqueue_ms_per_s}));
             }
         }
     }

@@ -194,3 +194,14 @@ fn allowed_cores() -> Vec<usize> {
     }
     cores
 }
+
+/// Nanoseconds that the threads of `pid` have spent runnable but waiting for a CPU
+/// (second field of `/proc/<pid>/task/*/schedstat`), summed over its live threads.
+pub(crate) fn runqueue_wait_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1).and_then(|w| w.parse::<u64>().ok()))
+        .sum()
+}
