@@ -47,11 +47,11 @@ const PER_HELPER: usize = 5000;
     about = "Loopback benchmark of agentgate against two tokio-tungstenite ceilings and the Node/Python stacks \
              users write instead: handshakes per server CPU-second, event delivery latency, idle memory",
     after_help = "Build first: cargo build --release -p agentgate -p agentgate-bench\n\
-                  Full run (about 6 minutes): cargo run --release -p agentgate-bench -- --plot docs/performance.png\n\
-                  Sanity run (about 1 minute): cargo run --release -p agentgate-bench -- --quick"
+                  Full run (about 5 minutes): cargo run --release -p agentgate-bench -- --plot docs/performance.png\n\
+                  Sanity run (1-2 minutes): cargo run --release -p agentgate-bench -- --quick"
 )]
 struct Args {
-    /// A fast sanity run (about a minute): fewer and shorter rounds, smaller levels.
+    /// A fast sanity run (1-2 minutes): fewer and shorter rounds, smaller levels.
     #[arg(long)]
     quick: bool,
     /// The gateway binary (default: `agentgate` next to this binary).
