@@ -48,10 +48,10 @@ const PER_HELPER: usize = 5000;
              users write instead: handshakes per server CPU-second, event delivery latency, idle memory",
     after_help = "Build first: cargo build --release -p agentgate -p agentgate-bench\n\
                   Full run (about 5 minutes): cargo run --release -p agentgate-bench -- --plot docs/performance.png\n\
-                  Sanity run (1-2 minutes): cargo run --release -p agentgate-bench -- --quick"
+                  Sanity run (about a minute): cargo run --release -p agentgate-bench -- --quick"
 )]
 struct Args {
-    /// A fast sanity run (1-2 minutes): fewer and shorter rounds, smaller levels.
+    /// A fast sanity run (about a minute): fewer and shorter rounds, smaller levels.
     #[arg(long)]
     quick: bool,
     /// The gateway binary (default: `agentgate` next to this binary).
@@ -380,12 +380,14 @@ struct Memory {
     points: Vec<(usize, u64)>,
 }
 
-async fn memory(env: &Env<'_>, spec: &Spec, levels: &[usize]) -> Result<Memory> {
+/// `settle`: the pause before each `VmRSS` reading, so that the last connections' setup
+/// is finished.
+async fn memory(env: &Env<'_>, spec: &Spec, levels: &[usize], settle: Duration) -> Result<Memory> {
     let mut proc = env.start(spec)?;
     let target = Target { addr: proc.addr, auth: spec.auth() };
     let tokens = mint_many("mem-warm", 16)?;
     load::handshake_round(&target, &tokens, 16, Duration::from_millis(500), 500).await.context("warm-up")?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(settle.min(Duration::from_secs(1))).await;
     let base_kib = procs::vm_rss_kib(proc.pid())?;
     let mut helpers = Vec::new();
     let mut points = Vec::new();
@@ -428,7 +430,7 @@ async fn memory(env: &Env<'_>, spec: &Spec, levels: &[usize]) -> Result<Memory> 
             }
             helpers.push(child);
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(settle).await;
         proc.check_alive()?;
         let rss = procs::vm_rss_kib(proc.pid())?;
         eprintln!("memory: {:<34} {level:>6} idle connections: VmRSS {rss} KiB", spec.name);
@@ -570,10 +572,11 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
         if levels.windows(2).any(|w| w[1] <= w[0]) || levels.iter().any(|&l| l > 19_000) {
             bail!("--memory-levels must increase and stay at or below 19000 (the servers' open-file cap is 20 000)");
         }
+        let settle = Duration::from_millis(if args.quick { 500 } else { 2000 });
         for s in &specs {
             mem.push((
                 s.name.clone(),
-                memory(&env, s, &levels).await.with_context(|| format!("memory of {}", s.name))?,
+                memory(&env, s, &levels, settle).await.with_context(|| format!("memory of {}", s.name))?,
             ));
         }
     }
