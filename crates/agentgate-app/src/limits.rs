@@ -93,8 +93,8 @@ impl Limits {
     }
 
     /// The node's clock, for every per-connection limiter. Building a clock is costly
-    /// (quanta probes the CPU with CPUID, a VM exit on virtual machines, which was a
-    /// third of a handshake's CPU), so connections clone this one instead.
+    /// (quanta probes the CPU with CPUID, a VM exit on virtual machines: 4% of a
+    /// handshake's CPU in docs/performance.md), so connections clone this one instead.
     pub fn clock(&self) -> &DefaultClock {
         &self.clock
     }
