@@ -478,7 +478,7 @@ pub(crate) type MessageLimiter = governor::DefaultDirectRateLimiter;
 pub(crate) fn message_limiter(app: &AppState) -> MessageLimiter {
     let per_s = NonZeroU32::new(app.config.limits.messages_per_s).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(per_s.get().saturating_mul(2)).unwrap_or(per_s);
-    RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst))
+    RateLimiter::direct_with_clock(Quota::per_second(per_s).allow_burst(burst), app.limits.clock().clone())
 }
 
 /// Classify a received frame.

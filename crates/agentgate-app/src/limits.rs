@@ -92,6 +92,13 @@ impl Limits {
         }
     }
 
+    /// The node's clock, for every per-connection limiter. Building a clock is costly
+    /// (quanta probes the CPU with CPUID, a VM exit on virtual machines: 4% of a
+    /// handshake's CPU in docs/performance.md), so connections clone this one instead.
+    pub fn clock(&self) -> &DefaultClock {
+        &self.clock
+    }
+
     /// Count a handshake from `ip`; `Err` carries how long to wait.
     pub fn handshake(&self, ip: IpAddr) -> Result<(), Duration> {
         self.handshakes.check_key(&ip).map_err(|not_until| not_until.wait_time_from(self.clock.now()))

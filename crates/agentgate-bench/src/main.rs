@@ -1,533 +1,779 @@
-//! `agentgate-bench`: measures the three targets of `docs/performance.md` on loopback.
+//! `agentgate-bench`: agentgate against two ceilings and the stacks users write
+//! instead, on loopback, with honest accounting (docs/performance.md).
 //!
-//! 1. Handshake cost: authenticated handshakes per server CPU-second of
-//!    `agentgate serve`, against a bare tokio-tungstenite server (this binary
-//!    re-executed with the hidden `--bare-server <addr_file>` flag).
-//! 2. Event delivery latency: an in-process HTTP upstream agent streams NDJSON
-//!    `agent_message` events stamped with their send time; the WebSocket client
-//!    records receipt time minus send time.
-//! 3. Idle memory: the gateway's `VmRSS` growth per idle authenticated connection.
+//! 1. Handshakes per server CPU-second: every server is pinned to one core (`taskset`)
+//!    and this load generator to another; 64 concurrent clients; alternating rounds;
+//!    the server's CPU time is `utime + stime` of its pid from `/proc`, read before and
+//!    after each round. Ceilings: a bare tokio-tungstenite server (current-thread
+//!    runtime, 4 KiB read buffer) without auth and with the same HS256 check.
+//! 2. Event delivery latency p50/p99/p999 at several numbers of concurrent sessions:
+//!    an in-process HTTP upstream agent streams NDJSON events stamped with their send
+//!    time; the WebSocket clients record receipt minus send (one monotonic clock).
+//! 3. Idle memory: `VmRSS` of a fresh server holding 1k, 5k, 15k idle connections,
+//!    opened by helper processes (this binary re-executed) from several 127.0.0.x
+//!    source addresses, since open files are capped per process.
 //!
-//! Every child process is killed when its guard drops; every wait is bounded.
+//! Every load loop is bounded in count and time; every child is killed on drop.
 
-use std::net::SocketAddr;
+mod load;
+mod procs;
+mod servers;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// Longest wait for one WebSocket step or for a server to start.
-const STEP: Duration = Duration::from_secs(10);
-/// The variable holding the upstream agent's bearer.
-const AGENT_SECRET_ENV: &str = "AGENTGATE_BENCH_AGENT_SECRET";
-/// A benchmark-only upstream secret (never a real one).
+use load::{Latency, Target};
+use procs::{Pinning, Proc};
+
+/// The bench issuer's HMAC secret (benchmark only, never a real one).
+pub(crate) const JWT_SECRET: &str = "agentgate-bench-hs256-secret-0123456789abcdef0123456789abcdef";
+/// The variable that hands the secret to the servers.
+pub(crate) const JWT_SECRET_ENV: &str = "AGENTGATE_BENCH_JWT_SECRET";
+pub(crate) const ISSUER: &str = "agentgate-bench";
+pub(crate) const AUDIENCE: &str = "agentgate-bench";
+/// The upstream agent's bearer (benchmark only).
 const AGENT_SECRET: &str = "bench-upstream-secret-0123456789abcdef";
-/// Concurrent clients during the handshake test.
-const CONCURRENCY: usize = 8;
-/// Alternating handshake rounds per server.
-const ROUNDS: usize = 3;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+const AGENT_SECRET_ENV: &str = "AGENTGATE_BENCH_AGENT_SECRET";
+/// Idle connections held by one helper process.
+const PER_HELPER: usize = 5000;
 
 #[derive(Debug, Parser)]
-#[command(about = "Loopback benchmark of agentgate: handshake cost, event latency, idle memory")]
+#[command(
+    about = "Loopback benchmark of agentgate against two tokio-tungstenite ceilings and the Node/Python stacks \
+             users write instead: handshakes per server CPU-second, event delivery latency, idle memory",
+    after_help = "Build first: cargo build --release -p agentgate -p agentgate-bench\n\
+                  Full run (about 5 minutes): cargo run --release -p agentgate-bench -- --plot docs/performance.png\n\
+                  Sanity run (about a minute): cargo run --release -p agentgate-bench -- --quick"
+)]
 struct Args {
-    /// Handshakes measured against each server.
-    #[arg(long, default_value_t = 5000)]
-    handshakes: usize,
-    /// Events streamed through one run for the latency test.
-    #[arg(long, default_value_t = 1000)]
-    events: usize,
-    /// Idle connections per batch for the memory test (two batches; 0 skips it).
-    #[arg(long, default_value_t = 2000)]
-    idle: usize,
+    /// A fast sanity run (about a minute): fewer and shorter rounds, smaller levels.
+    #[arg(long)]
+    quick: bool,
     /// The gateway binary (default: `agentgate` next to this binary).
     #[arg(long)]
     agentgate: Option<PathBuf>,
-    /// Internal: run the bare tokio-tungstenite server, announcing its address here.
+    /// A second gateway binary measured in the same run, e.g. the previous release,
+    /// shown as "agentgate (before)".
+    #[arg(long)]
+    before: Option<PathBuf>,
+    /// Alternating handshake rounds per server [default: 5, quick 2].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds of one handshake round against one server [default: 2, quick 1].
+    #[arg(long)]
+    round_secs: Option<f64>,
+    /// Concurrent handshake clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Most handshakes of one round (a bound; the round's time usually ends it first).
+    #[arg(long, default_value_t = 200_000)]
+    max_per_round: usize,
+    /// Idle connection counts for the memory test [default: 1000,5000,15000; quick 250,500,1000].
+    #[arg(long, value_delimiter = ',')]
+    memory_levels: Option<Vec<usize>>,
+    /// Concurrent sessions for the latency test [default: 1,100,10000; quick 1,100,1000].
+    #[arg(long, value_delimiter = ',')]
+    latency_sessions: Option<Vec<usize>>,
+    /// Sessions that stream events at once; the others stay connected and idle (the
+    /// gateway's open-file cap is 20 000: one WebSocket plus one upstream socket each).
+    #[arg(long, default_value_t = 2000)]
+    latency_streaming_max: usize,
+    /// Events per second over all streaming sessions (each at most one per ms).
+    #[arg(long, default_value_t = 2000)]
+    latency_rate: usize,
+    /// Seconds of event streaming per latency level [default: 10, quick 2].
+    #[arg(long)]
+    latency_secs: Option<f64>,
+    /// Which parts to run.
+    #[arg(long, value_delimiter = ',', default_value = "handshakes,latency,memory")]
+    parts: Vec<String>,
+    /// Which servers to measure: ceiling, ceiling-hs256, agentgate, before (with
+    /// --before), node, python [default: all].
+    #[arg(long, value_delimiter = ',')]
+    servers: Option<Vec<String>>,
+    /// Skip the Node and Python peers.
+    #[arg(long)]
+    no_peers: bool,
+    /// Do not pin servers and load generator to separate cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where the peers' packages are installed [default: target/bench-peers].
+    #[arg(long)]
+    peers_dir: Option<PathBuf>,
+    /// Write the results as JSON here [default: target/bench-results/results.json].
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Draw memory and latency against connection count into this PNG (needs
+    /// matplotlib, installed into the peers' Python venv) [default:
+    /// target/bench-results/performance.png].
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Internal: serve a ceiling, announcing its address in this file.
     #[arg(long, hide = true)]
-    bare_server: Option<PathBuf>,
+    serve_ceiling: Option<PathBuf>,
+    /// Internal: the ceiling checks the HS256 bearer.
+    #[arg(long, hide = true)]
+    ceiling_auth: bool,
+    /// Internal: hold idle connections to this address.
+    #[arg(long, hide = true)]
+    hold: Option<std::net::SocketAddr>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    hold_count: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    hold_source: usize,
+    #[arg(long, hide = true)]
+    hold_auth: bool,
+    #[arg(long, hide = true, default_value = "hold")]
+    hold_prefix: String,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    if let Some(addr_file) = &args.bare_server {
-        return rt.block_on(bare_server(addr_file));
+    if let Some(addr_file) = &args.serve_ceiling {
+        return servers::serve_ceiling(addr_file, args.ceiling_auth);
     }
+    if let Some(addr) = args.hold {
+        return hold(addr, &args);
+    }
+    // Pin before the runtime starts any thread, so that all of them inherit it.
+    let pinning = Pinning::set_up(!args.no_pin);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let started = Instant::now();
-    let result = rt.block_on(async { tokio::time::timeout(Duration::from_secs(110), bench(&args)).await });
+    let limit = Duration::from_secs(if args.quick { 300 } else { 1500 });
+    let result = rt.block_on(async { tokio::time::timeout(limit, bench(&args, pinning)).await });
     rt.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(r) => r?,
-        Err(_) => bail!("the benchmark did not finish within 110 s"),
+        Err(_) => bail!("the benchmark did not finish within {limit:?}"),
     }
-    eprintln!("finished in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!("finished in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// An HS256 token of the bench issuer for `sub`, valid for an hour.
+pub(crate) fn mint(sub: &str) -> Result<String> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims =
+        json!({"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 3600, "scope": "agents:run"});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes())?,
+    )?)
+}
+
+fn mint_many(prefix: &str, n: usize) -> Result<Vec<String>> {
+    (0..n).map(|i| mint(&format!("{prefix}-{i}"))).collect()
+}
+
+/// Helper mode: open `hold_count` connections, say `ready`, hold them until stdin
+/// closes (at most 10 minutes).
+fn hold(addr: std::net::SocketAddr, args: &Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let held = rt.block_on(async {
+        let target = Target { addr, auth: args.hold_auth };
+        let tokens = mint_many(&args.hold_prefix, args.hold_count.max(1))?;
+        load::open_many(&target, &tokens, args.hold_count, load::source(args.hold_source)).await
+    })?;
+    println!("ready {}", held.len());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(600));
+    drop(held);
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------
-// The bare server
+// Servers under test
 // ---------------------------------------------------------------------------------
 
-/// Accept, `accept_async`, send one text message, answer the client's close.
-async fn bare_server(addr_file: &Path) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let tmp = addr_file.with_extension("tmp");
-    std::fs::write(&tmp, addr.to_string())?;
-    std::fs::rename(&tmp, addr_file)?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
-            if ws.send(Message::text("hello")).await.is_err() {
-                return;
-            }
-            while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
-        });
+#[derive(Debug, Clone)]
+enum Kind {
+    Ceiling { auth: bool },
+    Gateway(PathBuf),
+    Peer(usize),
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    /// The `--servers` key.
+    key: &'static str,
+    name: String,
+    kind: Kind,
+}
+
+impl Spec {
+    fn auth(&self) -> bool {
+        !matches!(self.kind, Kind::Ceiling { auth: false })
     }
 }
 
-// ---------------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------------
-
-/// A child process, killed and reaped on drop.
-#[derive(Debug)]
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
+struct Env<'a> {
+    me: PathBuf,
+    dir: PathBuf,
+    pinning: Pinning,
+    peers: &'a [servers::Peer],
+    upstream: std::net::SocketAddr,
+    starts: std::cell::Cell<usize>,
 }
 
-impl Proc {
-    /// Spawn `cmd` and wait (bounded) until `addr_file` names a loopback address.
-    async fn start(mut cmd: Command, addr_file: &Path) -> Result<Self> {
-        let _ = std::fs::remove_file(addr_file);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let mut child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(addr_file)
-                && let Ok(addr) = text.trim().parse::<SocketAddr>()
-            {
-                if !addr.ip().is_loopback() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!("server listens on {addr}, not loopback");
+impl Env<'_> {
+    /// Start a fresh instance of `spec`, pinned to the server core.
+    fn start(&self, spec: &Spec) -> Result<Proc> {
+        let k = self.starts.get();
+        self.starts.set(k + 1);
+        let addr_file = self.dir.join(format!("server-{k}.addr"));
+        let log = self.dir.join(format!("server-{k}.log"));
+        let cmd = match &spec.kind {
+            Kind::Ceiling { auth } => {
+                let mut c = self.pinning.server_cmd(&self.me);
+                c.arg("--serve-ceiling").arg(&addr_file).env(JWT_SECRET_ENV, JWT_SECRET);
+                if *auth {
+                    c.arg("--ceiling-auth");
                 }
-                return Ok(Self { child, addr });
+                c
             }
-            if let Some(status) = child.try_wait()? {
-                bail!("{cmd:?} exited early with {status}");
+            Kind::Gateway(bin) => {
+                let config = self.dir.join(format!("gateway-{k}.toml"));
+                std::fs::write(&config, gateway_config(&addr_file, self.upstream)?)?;
+                let mut c = self.pinning.server_cmd(bin);
+                for (key, _) in std::env::vars_os() {
+                    let key = key.to_string_lossy();
+                    if key.starts_with("AGENTGATE_") || key == "RUST_LOG" {
+                        c.env_remove(key.as_ref());
+                    }
+                }
+                c.env("AGENTGATE_HOME", self.dir.join(format!("home-{k}")))
+                    .env(JWT_SECRET_ENV, JWT_SECRET)
+                    .env(AGENT_SECRET_ENV, AGENT_SECRET)
+                    .arg("serve")
+                    .arg("--config")
+                    .arg(&config);
+                c
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{cmd:?} wrote no address to {} within {STEP:?}", addr_file.display());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The gateway binary with a clean environment and `AGENTGATE_HOME` under `dir`.
-fn gateway_cmd(bin: &Path, dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(bin);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("AGENTGATE_") || k == "RUST_LOG" {
-            c.env_remove(k.as_ref());
-        }
-    }
-    c.env("AGENTGATE_HOME", dir.join("home")).env(AGENT_SECRET_ENV, AGENT_SECRET).args(args);
-    c
-}
-
-/// Server CPU time (user + system) in seconds, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, a)| a).ok_or_else(|| anyhow!("odd /proc stat"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); the text after ')' starts at field 3.
-    let utime: u64 = fields.get(11).ok_or_else(|| anyhow!("no utime"))?.parse()?;
-    let stime: u64 = fields.get(12).ok_or_else(|| anyhow!("no stime"))?.parse()?;
-    #[allow(clippy::cast_precision_loss)]
-    Ok((utime + stime) as f64 / ticks)
-}
-
-/// Resident memory in KiB, from `/proc/<pid>/status`.
-fn vm_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow!("no VmRSS"))?;
-    Ok(line.split_whitespace().nth(1).ok_or_else(|| anyhow!("odd VmRSS"))?.parse()?)
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------------
-// The upstream agent
-// ---------------------------------------------------------------------------------
-
-/// `POST /run`: `input.count` NDJSON `agent_message` lines 1 ms apart, each stamped
-/// with its send time, then `agent_completed`.
-async fn upstream_run(headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let expected = format!("Bearer {AGENT_SECRET}");
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-        return axum::http::StatusCode::UNAUTHORIZED.into_response();
-    }
-    let count = body["input"]["count"].as_u64().unwrap_or(10);
-    let stream = futures_util::stream::unfold(0u64, move |i| async move {
-        if i > count {
-            return None;
-        }
-        let line = if i == count {
-            "{\"type\":\"agent_completed\",\"data\":{\"result\":{}}}\n".to_owned()
-        } else {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            format!("{{\"type\":\"agent_message\",\"data\":{{\"text\":\"x\",\"sent_ns\":{}}}}}\n", now_ns())
+            Kind::Peer(i) => self.peers[*i].command(&self.pinning, &addr_file),
         };
-        Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line)), i + 1))
-    });
-    ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response()
-}
-
-async fn start_upstream() -> Result<SocketAddr> {
-    let app = axum::Router::new().route("/run", axum::routing::post(upstream_run));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(addr)
-}
-
-// ---------------------------------------------------------------------------------
-// Clients
-// ---------------------------------------------------------------------------------
-
-async fn connect(url: &str, token: Option<&str>) -> Result<Ws> {
-    let mut req = url.into_client_request()?;
-    if let Some(t) = token {
-        req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {t}"))?);
-    }
-    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req)).await??;
-    Ok(ws)
-}
-
-/// The next text frame (bounded).
-async fn next_text(ws: &mut Ws) -> Result<String> {
-    loop {
-        match tokio::time::timeout(STEP, ws.next()).await? {
-            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
-            Some(Ok(Message::Close(c))) => bail!("closed: {c:?}"),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("connection ended"),
-        }
+        Proc::start(&spec.name, cmd, &addr_file, &log)
     }
 }
 
-/// Connect and wait for the first text frame; for the gateway it must be the welcome.
-async fn handshake(url: &str, token: Option<&str>) -> Result<Ws> {
-    let mut ws = connect(url, token).await?;
-    let first = next_text(&mut ws).await?;
-    if token.is_some() {
-        let v: Value = serde_json::from_str(&first)?;
-        if v["type"] != "welcome" {
-            bail!("expected a welcome, got {first}");
-        }
-    }
-    Ok(ws)
-}
-
-async fn close(mut ws: Ws) {
-    let _ = tokio::time::timeout(STEP, ws.close(None)).await;
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
-}
-
-/// `n` handshakes, `CONCURRENCY` at a time, each closed before the next.
-async fn handshakes(url: &str, token: Option<&str>, n: usize) -> Result<()> {
-    let left = Arc::new(AtomicUsize::new(n));
-    let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (left, url, token) = (Arc::clone(&left), url.to_owned(), token.map(str::to_owned));
-        tasks.push(tokio::spawn(async move {
-            while left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1)).is_ok() {
-                let ws = handshake(&url, token.as_deref()).await?;
-                close(ws).await;
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(())
-}
-
-#[derive(Debug)]
-struct HandshakeResult {
-    cpu_s: f64,
-    wall_s: f64,
-}
-
-impl HandshakeResult {
-    #[allow(clippy::cast_precision_loss)]
-    fn per_cpu_s(&self, n: usize) -> f64 {
-        n as f64 / self.cpu_s.max(f64::EPSILON)
-    }
-}
-
-/// Warm up, then time `n` handshakes against `server`.
-async fn measure_handshakes(server: &Proc, token: Option<&str>, n: usize, ticks: f64) -> Result<HandshakeResult> {
-    let url = format!("ws://{}/v1/ws", server.addr);
-    handshakes(&url, token, (n / 10).max(50)).await.context("warm-up")?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let cpu0 = cpu_seconds(server.pid(), ticks)?;
-    let t0 = Instant::now();
-    handshakes(&url, token, n).await?;
-    let wall_s = t0.elapsed().as_secs_f64();
-    // Let the server finish tearing the last connections down.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let cpu_s = cpu_seconds(server.pid(), ticks)? - cpu0;
-    Ok(HandshakeResult { cpu_s, wall_s })
-}
-
-/// One run of `count` events; the latency of each in microseconds, sorted.
-async fn measure_latency(url: &str, token: &str, count: usize) -> Result<Vec<f64>> {
-    let mut ws = handshake(url, Some(token)).await?;
-    let start = json!({"type": "run.start", "ref": "b1", "agent": "bench", "input": {"count": count}});
-    ws.send(Message::text(start.to_string())).await?;
-    let mut lat = Vec::with_capacity(count);
-    loop {
-        let text = next_text(&mut ws).await?;
-        let received = now_ns();
-        let v: Value = serde_json::from_str(&text)?;
-        match v["type"].as_str() {
-            Some("agent_message") => {
-                let sent = v["data"]["sent_ns"].as_u64().ok_or_else(|| anyhow!("no sent_ns: {text}"))?;
-                #[allow(clippy::cast_precision_loss)]
-                lat.push(received.saturating_sub(u128::from(sent)) as f64 / 1000.0);
-            }
-            Some("agent_completed") => break,
-            Some("agent_failed" | "agent_cancelled" | "error") => bail!("the run ended badly: {text}"),
-            _ => {}
-        }
-    }
-    close(ws).await;
-    if lat.len() != count {
-        bail!("received {} of {count} events", lat.len());
-    }
-    lat.sort_by(f64::total_cmp);
-    Ok(lat)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// Open `n` idle authenticated connections and hold them.
-async fn open_idle(url: &str, token: &str, n: usize) -> Result<Vec<Ws>> {
-    let mut held = Vec::with_capacity(n);
-    let per = n.div_ceil(CONCURRENCY);
-    let mut tasks = Vec::new();
-    for c in 0..CONCURRENCY {
-        let (url, token) = (url.to_owned(), token.to_owned());
-        let k = per.min(n.saturating_sub(c * per));
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::with_capacity(k);
-            for _ in 0..k {
-                mine.push(handshake(&url, Some(&token)).await?);
-            }
-            Ok::<_, anyhow::Error>(mine)
-        }));
-    }
-    for t in tasks {
-        held.extend(t.await??);
-    }
-    Ok(held)
-}
-
-/// The gateway's RSS growth per idle authenticated connection in KiB: for a first
-/// batch of `n` (heap and runtime growth included), then for a second batch of `n`
-/// opened while the first is still held (the marginal cost).
-async fn measure_idle(server: &Proc, token: &str, n: usize) -> Result<(f64, f64)> {
-    let url = format!("ws://{}/v1/ws", server.addr);
-    let settle = Duration::from_millis(500);
-    tokio::time::sleep(settle).await;
-    let rss0 = vm_rss_kib(server.pid())?;
-    let first = open_idle(&url, token, n).await?;
-    tokio::time::sleep(settle).await;
-    let rss1 = vm_rss_kib(server.pid())?;
-    let second = open_idle(&url, token, n).await?;
-    tokio::time::sleep(settle).await;
-    let rss2 = vm_rss_kib(server.pid())?;
-    // Dropped rather than closed politely: the gateway is killed next anyway.
-    drop((first, second));
-    #[allow(clippy::cast_precision_loss)]
-    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / n as f64;
-    Ok((per(rss0, rss1), per(rss1, rss2)))
-}
-
-// ---------------------------------------------------------------------------------
-// The run
-// ---------------------------------------------------------------------------------
-
-async fn bench(args: &Args) -> Result<()> {
-    let me = std::env::current_exe()?;
-    let bin = match &args.agentgate {
-        Some(p) => p.clone(),
-        None => me.with_file_name("agentgate"),
-    };
-    if !bin.is_file() {
-        bail!("{} not found; build it with `cargo build --release -p agentgate` or pass --agentgate", bin.display());
-    }
-    let ticks = clock_ticks();
-    let dir = tempfile::tempdir()?;
-    let upstream = start_upstream().await?;
-
-    let addr_file = dir.path().join("gateway.addr");
-    let config = dir.path().join("gateway.toml");
-    let config_text = format!(
+fn gateway_config(addr_file: &Path, upstream: std::net::SocketAddr) -> Result<String> {
+    Ok(format!(
         "[server]\nlisten = \"127.0.0.1:0\"\naddr_file = {}\n\n\
+         [[auth.jwt]]\nname = \"bench\"\nalgorithms = [\"HS256\"]\nsecret_env = \"{JWT_SECRET_ENV}\"\n\
+         issuer = \"{ISSUER}\"\naudience = [\"{AUDIENCE}\"]\n\n\
          [limits]\nhandshakes_per_ip_per_s = 1000000\nconnections_per_ip = 1000000\n\
-         connections_per_principal = 1000000\n\n\
+         connections_per_principal = 1000000\nmessages_per_s = 100000\nruns_per_principal = 100000\n\n\
          [[agents]]\nname = \"bench\"\nkind = \"http\"\nurl = \"http://{upstream}/run\"\n\
          secret_env = \"{AGENT_SECRET_ENV}\"\ntimeout_s = 30\n",
         serde_json::to_string(&addr_file.display().to_string())?,
-    );
-    std::fs::write(&config, config_text)?;
-    let config_s = config.display().to_string();
+    ))
+}
 
-    let gateway = Proc::start(gateway_cmd(&bin, dir.path(), &["serve", "--config", &config_s]), &addr_file).await?;
-    let mint =
-        gateway_cmd(&bin, dir.path(), &["token", "mint", "--config", &config_s, "--sub", "bench", "--ttl", "3600"])
-            .stdin(Stdio::null())
-            .output()?;
-    if !mint.status.success() {
-        bail!("token mint failed: {}", String::from_utf8_lossy(&mint.stderr));
-    }
-    let token = String::from_utf8(mint.stdout)?.trim().to_owned();
+// ---------------------------------------------------------------------------------
+// Handshakes
+// ---------------------------------------------------------------------------------
 
-    let bare_file = dir.path().join("bare.addr");
-    let mut bare_cmd = Command::new(&me);
-    bare_cmd.arg("--bare-server").arg(&bare_file);
-    let bare = Proc::start(bare_cmd, &bare_file).await?;
+#[derive(Debug, Default, Clone)]
+struct HandshakeTotals {
+    ok: usize,
+    failed: usize,
+    cpu_s: f64,
+    wall_s: f64,
+    round_rates: Vec<f64>,
+}
 
-    let n = args.handshakes.max(1);
-    // Alternating rounds, summed, so that load from other processes on the machine
-    // falls on both servers alike.
-    let mut ag = HandshakeResult { cpu_s: 0.0, wall_s: 0.0 };
-    let mut bs = HandshakeResult { cpu_s: 0.0, wall_s: 0.0 };
-    let mut round_ratios = Vec::new();
-    for round in 0..ROUNDS {
-        let k = n / ROUNDS + usize::from(round < n % ROUNDS);
-        eprintln!("handshakes, round {}: {k} against agentgate (pid {}) ...", round + 1, gateway.pid());
-        let a = measure_handshakes(&gateway, Some(&token), k, ticks).await.context("agentgate handshakes")?;
-        eprintln!("handshakes, round {}: {k} against the bare server (pid {}) ...", round + 1, bare.pid());
-        let b = measure_handshakes(&bare, None, k, ticks).await.context("bare handshakes")?;
-        round_ratios.push(b.cpu_s / a.cpu_s.max(f64::EPSILON));
-        ag.cpu_s += a.cpu_s;
-        ag.wall_s += a.wall_s;
-        bs.cpu_s += b.cpu_s;
-        bs.wall_s += b.wall_s;
-    }
-    drop(bare);
-
-    eprintln!("latency: {} events ...", args.events);
-    let lat = if args.events > 0 {
-        Some(measure_latency(&format!("ws://{}/v1/ws", gateway.addr), &token, args.events).await.context("latency")?)
-    } else {
-        None
-    };
-
-    let idle = if args.idle > 0 {
-        eprintln!("idle memory: {} connections ...", args.idle);
-        // A fresh gateway, as in the measurements recorded in docs/performance.md.
-        drop(gateway);
-        let fresh = Proc::start(gateway_cmd(&bin, dir.path(), &["serve", "--config", &config_s]), &addr_file).await?;
-        Some(measure_idle(&fresh, &token, args.idle).await.context("idle memory")?)
-    } else {
-        None
-    };
-
-    let (ag_rate, bs_rate) = (ag.per_cpu_s(n), bs.per_cpu_s(n));
-    let ratio = ag_rate / bs_rate.max(f64::EPSILON);
+impl HandshakeTotals {
     #[allow(clippy::cast_precision_loss)]
-    let wall = |r: &HandshakeResult| n as f64 / r.wall_s.max(f64::EPSILON);
-    println!("| measurement | value | target |");
-    println!("|---|---|---|");
-    println!(
-        "| handshakes per server CPU-s, agentgate | {ag_rate:.0} ({n} in {:.2} CPU-s, {:.0}/s wall) | |",
-        ag.cpu_s,
-        wall(&ag)
-    );
-    println!(
-        "| handshakes per server CPU-s, bare tokio-tungstenite | {bs_rate:.0} ({n} in {:.2} CPU-s, {:.0}/s wall) | |",
-        bs.cpu_s,
-        wall(&bs)
-    );
-    round_ratios.sort_by(f64::total_cmp);
-    println!(
-        "| ratio agentgate / bare | {:.1}% (rounds: {}) | >= 90% |",
-        ratio * 100.0,
-        round_ratios.iter().map(|r| format!("{:.0}%", r * 100.0)).collect::<Vec<_>>().join(", ")
-    );
-    if let Some(l) = &lat {
+    fn per_cpu_s(&self) -> f64 {
+        self.ok as f64 / self.cpu_s.max(f64::EPSILON)
+    }
+}
+
+struct Noise {
+    /// CPU-seconds used by other processes during the measured rounds.
+    other_cpu_s: f64,
+    wall_s: f64,
+}
+
+async fn handshakes(env: &Env<'_>, specs: &[Spec], args: &Args, ticks: f64) -> Result<(Vec<HandshakeTotals>, Noise)> {
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 5 }).max(1);
+    let secs = args.round_secs.unwrap_or(if args.quick { 1.0 } else { 2.0 });
+    let duration = Duration::from_secs_f64(secs.clamp(0.1, 60.0));
+    let tokens = mint_many("hs", args.concurrency.max(1))?;
+    let mut procs = Vec::new();
+    for s in specs {
+        procs.push(env.start(s)?);
+    }
+    let targets: Vec<Target> = procs.iter().zip(specs).map(|(p, s)| Target { addr: p.addr, auth: s.auth() }).collect();
+    for (t, s) in targets.iter().zip(specs) {
+        eprintln!("handshakes: warming up {} ...", s.name);
+        load::handshake_round(t, &tokens, args.concurrency, Duration::from_millis(500), 5000)
+            .await
+            .with_context(|| format!("warm-up of {}", s.name))?;
+    }
+    let me = std::process::id();
+    let mut totals = vec![HandshakeTotals::default(); specs.len()];
+    let mut noise = Noise { other_cpu_s: 0.0, wall_s: 0.0 };
+    for round in 0..rounds {
+        // Rotate the order, so that no server always follows the same one.
+        for j in 0..specs.len() {
+            let i = (j + round) % specs.len();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let pid = procs[i].pid();
+            let (cpu0, busy0, me0) =
+                (procs::cpu_seconds(pid, ticks)?, procs::machine_busy_seconds(ticks)?, procs::cpu_seconds(me, ticks)?);
+            let r = load::handshake_round(&targets[i], &tokens, args.concurrency, duration, args.max_per_round)
+                .await
+                .with_context(|| format!("handshakes against {}", specs[i].name))?;
+            // Let the server finish tearing the last connections down.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            procs[i].check_alive()?;
+            let (cpu1, busy1, me1) =
+                (procs::cpu_seconds(pid, ticks)?, procs::machine_busy_seconds(ticks)?, procs::cpu_seconds(me, ticks)?);
+            let cpu = cpu1 - cpu0;
+            noise.other_cpu_s += ((busy1 - busy0) - cpu - (me1 - me0)).max(0.0);
+            noise.wall_s += r.wall_s + 0.3;
+            let t = &mut totals[i];
+            t.ok += r.ok;
+            t.failed += r.failed;
+            t.cpu_s += cpu;
+            t.wall_s += r.wall_s;
+            #[allow(clippy::cast_precision_loss)]
+            t.round_rates.push(r.ok as f64 / cpu.max(f64::EPSILON));
+            #[allow(clippy::cast_precision_loss)]
+            let rate = r.ok as f64 / cpu.max(f64::EPSILON);
+            #[allow(clippy::cast_precision_loss)]
+            let wall = r.ok as f64 / r.wall_s.max(f64::EPSILON);
+            let busy = |c: f64| 100.0 * c / r.wall_s.max(f64::EPSILON);
+            eprintln!(
+                "handshakes round {}/{rounds}: {:<36} {:>6} in {cpu:.2} server CPU-s = {rate:>7.0}/CPU-s \
+                 ({wall:.0}/s wall; server busy {:.0}%, load generator {:.0}%)",
+                round + 1,
+                specs[i].name,
+                r.ok,
+                busy(cpu),
+                busy(me1 - me0),
+            );
+        }
+    }
+    Ok((totals, noise))
+}
+
+// ---------------------------------------------------------------------------------
+// Idle memory
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Memory {
+    base_kib: u64,
+    /// (connections, VmRSS KiB)
+    points: Vec<(usize, u64)>,
+}
+
+/// `settle`: the pause before each `VmRSS` reading, so that the last connections' setup
+/// is finished.
+async fn memory(env: &Env<'_>, spec: &Spec, levels: &[usize], settle: Duration) -> Result<Memory> {
+    let mut proc = env.start(spec)?;
+    let target = Target { addr: proc.addr, auth: spec.auth() };
+    let tokens = mint_many("mem-warm", 16)?;
+    load::handshake_round(&target, &tokens, 16, Duration::from_millis(500), 500).await.context("warm-up")?;
+    tokio::time::sleep(settle.min(Duration::from_secs(1))).await;
+    let base_kib = procs::vm_rss_kib(proc.pid())?;
+    let mut helpers = Vec::new();
+    let mut points = Vec::new();
+    let mut held = 0usize;
+    for &level in levels {
+        let mut starting = Vec::new();
+        while held < level {
+            let n = (level - held).min(PER_HELPER);
+            let k = helpers.len() + starting.len();
+            let mut c = tokio::process::Command::new(&env.me);
+            c.arg("--hold")
+                .arg(target.addr.to_string())
+                .arg("--hold-count")
+                .arg(n.to_string())
+                .arg("--hold-source")
+                .arg((20 + k).to_string())
+                .arg("--hold-prefix")
+                .arg(format!("mem-{k}"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            if target.auth {
+                c.arg("--hold-auth");
+            }
+            starting.push(c.spawn().context("spawn a holding helper")?);
+            held += n;
+        }
+        for mut child in starting {
+            let out = child.stdout.take().context("helper stdout")?;
+            let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
+            let line = tokio::time::timeout(Duration::from_secs(180), lines.next_line())
+                .await
+                .with_context(|| format!("{}: a helper did not open its connections within 180 s", spec.name))??;
+            match line {
+                Some(l) if l.starts_with("ready") => {}
+                other => {
+                    bail!("{}: a helper failed to open its connections ({other:?}); see its error above", spec.name)
+                }
+            }
+            helpers.push(child);
+        }
+        tokio::time::sleep(settle).await;
+        proc.check_alive()?;
+        let rss = procs::vm_rss_kib(proc.pid())?;
+        eprintln!("memory: {:<34} {level:>6} idle connections: VmRSS {rss} KiB", spec.name);
+        points.push((level, rss));
+    }
+    drop(helpers);
+    Ok(Memory { base_kib, points })
+}
+
+// ---------------------------------------------------------------------------------
+// The run and the report
+// ---------------------------------------------------------------------------------
+
+async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
+    let me = std::env::current_exe()?;
+    let target_dir =
+        me.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"));
+    let bin = args.agentgate.clone().unwrap_or_else(|| me.with_file_name("agentgate"));
+    if !bin.is_file() {
+        bail!("{} not found; build it with `cargo build --release -p agentgate` or pass --agentgate", bin.display());
+    }
+    if let Some(b) = &args.before
+        && !b.is_file()
+    {
+        bail!("--before {}: no such file", b.display());
+    }
+    let ticks = procs::clock_ticks();
+    let load_before = procs::loadavg();
+    eprintln!("{}; load average before: {load_before}", pinning.describe());
+
+    let want_peers = args.servers.as_ref().is_none_or(|o| o.iter().any(|k| k == "node" || k == "python"));
+    let peers = if args.no_peers {
+        eprintln!("note: --no-peers: the Node and Python peers are skipped");
+        Vec::new()
+    } else if !want_peers {
+        Vec::new()
+    } else {
+        servers::prepare_peers(&args.peers_dir.clone().unwrap_or_else(|| target_dir.join("bench-peers")))?
+    };
+    let dir = tempfile::tempdir()?;
+    let upstream = load::start_upstream(AGENT_SECRET).await?;
+    let env = Env {
+        me: me.clone(),
+        dir: dir.path().to_path_buf(),
+        pinning,
+        peers: &peers,
+        upstream,
+        starts: std::cell::Cell::new(0),
+    };
+
+    let mut specs = vec![
+        Spec {
+            key: "ceiling",
+            name: "ceiling: tokio-tungstenite, no auth".into(),
+            kind: Kind::Ceiling { auth: false },
+        },
+        Spec {
+            key: "ceiling-hs256",
+            name: "ceiling: tokio-tungstenite + HS256".into(),
+            kind: Kind::Ceiling { auth: true },
+        },
+        Spec { key: "agentgate", name: "agentgate".into(), kind: Kind::Gateway(bin.clone()) },
+    ];
+    if let Some(b) = &args.before {
+        specs.push(Spec { key: "before", name: "agentgate (before)".into(), kind: Kind::Gateway(b.clone()) });
+    }
+    for (i, p) in peers.iter().enumerate() {
+        specs.push(Spec { key: p.key, name: p.name.into(), kind: Kind::Peer(i) });
+    }
+    if let Some(only) = &args.servers {
+        if let Some(bad) = only
+            .iter()
+            .find(|k| !["ceiling", "ceiling-hs256", "agentgate", "before", "node", "python"].contains(&k.as_str()))
+        {
+            bail!("--servers {bad}: unknown; use ceiling, ceiling-hs256, agentgate, before, node, python");
+        }
+        specs.retain(|s| only.iter().any(|k| k == s.key));
+        if specs.is_empty() {
+            bail!(
+                "--servers selects nothing that this run has (before needs --before; node and python need their runtimes)"
+            );
+        }
+    }
+    let part = |p: &str| args.parts.iter().any(|x| x == p);
+
+    let hs = if part("handshakes") { Some(handshakes(&env, &specs, args, ticks).await?) } else { None };
+
+    let mut lat: Vec<(String, Vec<Latency>)> = Vec::new();
+    if part("latency") {
+        let levels =
+            args.latency_sessions.clone().unwrap_or(if args.quick { vec![1, 100, 1000] } else { vec![1, 100, 10_000] });
+        let window =
+            Duration::from_secs_f64(args.latency_secs.unwrap_or(if args.quick { 2.0 } else { 10.0 }).clamp(0.5, 120.0));
+        let gateways: Vec<&Spec> = specs.iter().filter(|s| matches!(s.kind, Kind::Gateway(_))).collect();
+        lat = gateways.iter().map(|s| (s.name.clone(), Vec::new())).collect();
+        // Levels outside, gateways inside: noise from the machine falls on each alike.
+        for &n in &levels {
+            if n > 19_000 {
+                bail!("--latency-sessions {n}: the gateway holds at most about 19 000 connections (open files)");
+            }
+            let tokens = mint_many("lat", n)?;
+            for (k, s) in gateways.iter().enumerate() {
+                // A fresh gateway per level.
+                let proc = env.start(s)?;
+                let target = Target { addr: proc.addr, auth: true };
+                eprintln!("latency: {} with {n} sessions ...", s.name);
+                let l = load::latency_level(
+                    proc.pid(),
+                    &target,
+                    &tokens,
+                    n,
+                    args.latency_streaming_max,
+                    args.latency_rate,
+                    window,
+                )
+                .await
+                .with_context(|| format!("latency of {} at {n} sessions", s.name))?;
+                eprintln!(
+                    "latency: {:<20} {n:>6} sessions: p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs ({} events)",
+                    s.name,
+                    load::percentile(&l.micros, 50.0),
+                    load::percentile(&l.micros, 99.0),
+                    load::percentile(&l.micros, 99.9),
+                    l.micros.len()
+                );
+                lat[k].1.push(l);
+                drop(proc);
+            }
+        }
+    }
+
+    let mut mem: Vec<(String, Memory)> = Vec::new();
+    if part("memory") {
+        let levels = args.memory_levels.clone().unwrap_or(if args.quick {
+            vec![250, 500, 1000]
+        } else {
+            vec![1000, 5000, 15_000]
+        });
+        if levels.windows(2).any(|w| w[1] <= w[0]) || levels.iter().any(|&l| l > 19_000) {
+            bail!("--memory-levels must increase and stay at or below 19000 (the servers' open-file cap is 20 000)");
+        }
+        let settle = Duration::from_millis(if args.quick { 500 } else { 2000 });
+        for s in &specs {
+            mem.push((
+                s.name.clone(),
+                memory(&env, s, &levels, settle).await.with_context(|| format!("memory of {}", s.name))?,
+            ));
+        }
+    }
+    let load_after = procs::loadavg();
+
+    // ------------------------------------------------------------------ report
+    println!();
+    println!("agentgate-bench: {}; load average before {load_before}, after {load_after}", pinning.describe());
+    let mut json_hs = Vec::new();
+    if let Some((totals, noise)) = &hs {
+        let ceiling = |kind: bool| {
+            specs
+                .iter()
+                .zip(totals.iter())
+                .find(|(s, _)| matches!(s.kind, Kind::Ceiling { auth } if auth == kind))
+                .map(|(_, t)| t.per_cpu_s())
+        };
+        let (c0, c1) = (ceiling(false), ceiling(true));
+        let ratio = |r: f64, c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{:.2}", r / c));
+        println!();
         println!(
-            "| event latency ({} events, 1 ms apart) p50 / p90 / p99 / max | {:.0} / {:.0} / {:.0} / {:.0} µs | p99 < 1000 µs |",
-            l.len(),
-            percentile(l, 50.0),
-            percentile(l, 90.0),
-            percentile(l, 99.0),
-            l.last().copied().unwrap_or(f64::NAN)
+            "Handshakes ({} concurrent clients, HS256 bearer, connect + welcome + close; {} alternating rounds):",
+            args.concurrency,
+            totals[0].round_rates.len()
+        );
+        println!();
+        println!(
+            "| server | handshakes per server CPU-s | rounds (min-max) | vs ceiling, no auth | vs ceiling + HS256 | handshakes/s wall | failed |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for (s, t) in specs.iter().zip(totals) {
+            let rate = t.per_cpu_s();
+            let min = t.round_rates.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = t.round_rates.iter().copied().fold(0.0, f64::max);
+            #[allow(clippy::cast_precision_loss)]
+            let wall = t.ok as f64 / t.wall_s.max(f64::EPSILON);
+            println!(
+                "| {} | {rate:.0} ({} in {:.2} CPU-s) | {min:.0}-{max:.0} | {} | {} | {wall:.0} | {} |",
+                s.name,
+                t.ok,
+                t.cpu_s,
+                ratio(rate, c0),
+                ratio(rate, c1),
+                t.failed
+            );
+            json_hs.push(json!({"server": s.name, "per_cpu_s": rate, "ok": t.ok, "cpu_s": t.cpu_s,
+                "rounds": t.round_rates, "vs_ceiling": c0.map(|c| rate / c), "vs_ceiling_hs256": c1.map(|c| rate / c),
+                "failed": t.failed}));
+        }
+        println!();
+        println!(
+            "Other processes used {:.2} CPU-s during {:.1} s of handshake rounds ({:.2} cores on average).",
+            noise.other_cpu_s,
+            noise.wall_s,
+            noise.other_cpu_s / noise.wall_s.max(f64::EPSILON)
         );
     }
-    if let Some((first, next)) = idle {
-        let n = args.idle;
-        println!("| idle memory per connection, first {n} (VmRSS delta, heap growth included) | {first:.2} KiB | |");
-        println!("| idle memory per connection, next {n} (VmRSS delta, marginal) | {next:.2} KiB | <= 4 KiB |");
+    let mut json_lat = Vec::new();
+    if !lat.is_empty() {
+        println!();
+        println!(
+            "Event delivery (upstream NDJSON line written -> WebSocket frame read, {} events/s over the streaming sessions):",
+            args.latency_rate
+        );
+        println!();
+        println!(
+            "| server | sessions | streaming (each every) | events | p50 µs | p99 µs | p999 µs | max µs | gateway waited for a CPU |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, rows) in &lat {
+            for l in rows {
+                let m = &l.micros;
+                println!(
+                    "| {name} | {} | {} ({:.0} ms) | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} ms/s |",
+                    l.sessions,
+                    l.streaming,
+                    l.interval_ms,
+                    m.len(),
+                    load::percentile(m, 50.0),
+                    load::percentile(m, 99.0),
+                    load::percentile(m, 99.9),
+                    m.last().copied().unwrap_or(f64::NAN),
+                    l.runqueue_ms_per_s
+                );
+                json_lat.push(json!({"server": name, "sessions": l.sessions, "streaming": l.streaming,
+                    "events": m.len(), "p50": load::percentile(m, 50.0), "p99": load::percentile(m, 99.0),
+                    "p999": load::percentile(m, 99.9), "max": m.last(), "runqueue_ms_per_s": l.runqueue_ms_per_s}));
+            }
+        }
     }
+    let mut json_mem = Vec::new();
+    if !mem.is_empty() {
+        let levels: Vec<usize> = mem[0].1.points.iter().map(|p| p.0).collect();
+        println!();
+        println!("Idle memory (VmRSS of a fresh server after a warm-up; KiB per connection = growth over the level):");
+        println!();
+        let head: Vec<String> = levels.iter().map(|l| format!("KiB/conn at {l} (from 0)")).collect();
+        let marg: Vec<String> = levels.windows(2).map(|w| format!("marginal KiB/conn {}->{}", w[0], w[1])).collect();
+        println!("| server | VmRSS at 0 | {} | {} |", head.join(" | "), marg.join(" | "));
+        println!("|---|---:|{}", "---:|".repeat(head.len() + marg.len()));
+        for (name, m) in &mem {
+            #[allow(clippy::cast_precision_loss)]
+            let avg: Vec<String> = m
+                .points
+                .iter()
+                .map(|&(n, rss)| format!("{:.2}", (rss as f64 - m.base_kib as f64) / n as f64))
+                .collect();
+            #[allow(clippy::cast_precision_loss)]
+            let mg: Vec<String> = m
+                .points
+                .windows(2)
+                .map(|w| format!("{:.2}", (w[1].1 as f64 - w[0].1 as f64) / (w[1].0 - w[0].0) as f64))
+                .collect();
+            println!("| {name} | {:.1} MiB | {} | {} |", m.base_kib as f64 / 1024.0, avg.join(" | "), mg.join(" | "));
+            json_mem.push(json!({"server": name, "base_kib": m.base_kib, "points": m.points}));
+        }
+    }
+
+    let results = json!({"pinning": pinning.describe(), "load_before": load_before, "load_after": load_after,
+        "quick": args.quick, "handshakes": json_hs, "latency": json_lat, "memory": json_mem});
+    let results_path = args.results.clone().unwrap_or_else(|| target_dir.join("bench-results/results.json"));
+    if let Some(p) = results_path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(&results_path, serde_json::to_string_pretty(&results)?)?;
+    eprintln!("results: {}", results_path.display());
+    let plot_path = args.plot.clone().unwrap_or_else(|| target_dir.join("bench-results/performance.png"));
+    plot(&results, &results_path, &plot_path, &target_dir, args)?;
     Ok(())
 }
+
+/// Draw the plot with matplotlib from the peers' venv (or the system's python3).
+fn plot(results: &Value, results_path: &Path, out: &Path, target_dir: &Path, args: &Args) -> Result<()> {
+    if results["memory"].as_array().is_none_or(Vec::is_empty) && results["latency"].as_array().is_none_or(Vec::is_empty)
+    {
+        return Ok(());
+    }
+    let venv = args.peers_dir.clone().unwrap_or_else(|| target_dir.join("bench-peers")).join("venv/bin/python");
+    let python = if venv.is_file() { venv } else { PathBuf::from("python3") };
+    let has = Command::new(&python)
+        .args(["-c", "import matplotlib"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        eprintln!(
+            "note: matplotlib not found for {}: no plot drawn (run without --no-peers to install it)",
+            python.display()
+        );
+        return Ok(());
+    }
+    if let Some(p) = out.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    let status = Command::new(&python)
+        .args(["-c", PLOT, &results_path.display().to_string(), &out.display().to_string()])
+        .status()
+        .context("run the plot script")?;
+    if !status.success() {
+        bail!("the plot script failed ({status})");
+    }
+    eprintln!("plot: {}", out.display());
+    Ok(())
+}
+
+const PLOT: &str = r#"
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+r = json.load(open(sys.argv[1]))
+fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
+for m in r["memory"]:
+    xs = [0] + [p[0] for p in m["points"]]
+    ys = [0] + [(p[1] - m["base_kib"]) / 1024 for p in m["points"]]
+    a.plot(xs, ys, marker="o", label=m["server"])
+a.set_xlabel("idle connections")
+a.set_ylabel("server VmRSS growth (MiB)")
+a.set_title("Idle memory")
+a.grid(True, alpha=0.3)
+a.legend(fontsize=8)
+servers = sorted({l["server"] for l in r["latency"]})
+styles = {"p50": ("-", "o"), "p99": ("--", "s"), "p999": (":", "^")}
+for i, s in enumerate(servers):
+    rows = [l for l in r["latency"] if l["server"] == s]
+    for q, (st, mk) in styles.items():
+        b.plot([l["sessions"] for l in rows], [l[q] / 1000 for l in rows], st, marker=mk, color=f"C{i + 2}",
+               label=f"{s} {q}")
+b.set_xscale("log")
+b.set_yscale("log")
+b.set_xlabel("concurrent sessions")
+b.set_ylabel("event delivery latency (ms)")
+b.set_title("Event delivery latency")
+b.grid(True, which="both", alpha=0.3)
+b.legend(fontsize=8)
+fig.suptitle("agentgate-bench (" + r["pinning"] + ")", fontsize=9)
+fig.tight_layout()
+fig.savefig(sys.argv[2], dpi=110)
+"#;

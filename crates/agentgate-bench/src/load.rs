@@ -1,0 +1,352 @@
+//! The load generator: WebSocket clients from several loopback source addresses,
+//! handshake rounds, idle connections held by helper processes, and event latency.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Longest wait for one WebSocket step.
+pub(crate) const STEP: Duration = Duration::from_secs(15);
+
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// Where a client connects.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    /// Whether the server checks a bearer token (a token is sent only then).
+    pub(crate) auth: bool,
+}
+
+/// Loopback source address number `i` (127.0.0.10 upwards), so that no single source
+/// address runs out of ephemeral ports.
+pub(crate) fn source(i: usize) -> Ipv4Addr {
+    #[allow(clippy::cast_possible_truncation)]
+    Ipv4Addr::new(127, 0, 0, 10 + (i % 200) as u8)
+}
+
+/// Nanoseconds since this process's first call: one monotonic clock for the upstream's
+/// stamps and the clients' receipts (both live in this process).
+pub(crate) fn mono_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Open a WebSocket to `target` from `src` (small client buffers: the helpers hold
+/// thousands).
+/// With `src`, the socket is bound to it (for the many long-lived connections); without,
+/// the kernel picks the port at connect time, which is cheaper for short connections.
+pub(crate) async fn connect(target: &Target, src: Option<Ipv4Addr>, token: Option<&str>) -> Result<Ws> {
+    let stream = match src {
+        Some(src) => {
+            let sock = TcpSocket::new_v4()?;
+            sock.set_reuseaddr(true)?;
+            sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("bind {src}"))?;
+            tokio::time::timeout(STEP, sock.connect(target.addr)).await.context("connect timed out")??
+        }
+        None => tokio::time::timeout(STEP, TcpStream::connect(target.addr)).await.context("connect timed out")??,
+    };
+    stream.set_nodelay(true)?;
+    let mut req = format!("ws://{}/v1/ws", target.addr).into_client_request()?;
+    if target.auth
+        && let Some(t) = token
+    {
+        req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {t}"))?);
+    }
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::client_async_with_config(req, stream, Some(config)))
+        .await
+        .context("WebSocket handshake timed out")??;
+    Ok(ws)
+}
+
+/// The next text frame (bounded).
+pub(crate) async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        match tokio::time::timeout(STEP, ws.next()).await.context("no frame within the step")? {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(c))) => bail!("closed: {c:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// Connect and wait for the welcome.
+pub(crate) async fn open(target: &Target, src: Option<Ipv4Addr>, token: Option<&str>) -> Result<Ws> {
+    let mut ws = connect(target, src, token).await?;
+    let first = next_text(&mut ws).await?;
+    let v: Value = serde_json::from_str(&first).with_context(|| format!("first frame is not JSON: {first}"))?;
+    if v["type"] != "welcome" {
+        bail!("expected a welcome, got {first}");
+    }
+    Ok(ws)
+}
+
+/// Close politely and wait (bounded) for the server's end.
+pub(crate) async fn close(mut ws: Ws) {
+    let _ = tokio::time::timeout(STEP, ws.close(None)).await;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
+}
+
+/// What one handshake round did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Round {
+    pub(crate) ok: usize,
+    pub(crate) failed: usize,
+    pub(crate) wall_s: f64,
+}
+
+/// Handshakes (connect, welcome, close) by `concurrency` clients until `duration`
+/// has passed or `max` have started; each client uses its own token.
+pub(crate) async fn handshake_round(
+    target: &Target,
+    tokens: &[String],
+    concurrency: usize,
+    duration: Duration,
+    max: usize,
+) -> Result<Round> {
+    let started = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..concurrency {
+        let (started, target, token) = (Arc::clone(&started), target.clone(), tokens[c % tokens.len()].clone());
+        tasks.spawn(async move {
+            let (mut ok, mut failed, mut last_err) = (0usize, 0usize, None);
+            let mut i = c;
+            while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max {
+                // Rotating source addresses: plain connect() reuses ports that the server
+                // still holds in TIME_WAIT, and some handshakes then stall for a second.
+                i += concurrency;
+                match open(&target, Some(source(i)), Some(&token)).await {
+                    Ok(ws) => {
+                        close(ws).await;
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        last_err = Some(e);
+                    }
+                }
+            }
+            (ok, failed, last_err)
+        });
+    }
+    let mut round = Round::default();
+    let mut last_err = None;
+    while let Some(r) = tasks.join_next().await {
+        let (ok, failed, e) = r?;
+        round.ok += ok;
+        round.failed += failed;
+        last_err = last_err.or(e);
+    }
+    round.wall_s = t0.elapsed().as_secs_f64();
+    if round.failed * 100 > round.ok + round.failed {
+        bail!(
+            "{} of {} handshakes failed; last error: {:#}",
+            round.failed,
+            round.ok + round.failed,
+            last_err.unwrap_or_else(|| anyhow!("?"))
+        );
+    }
+    Ok(round)
+}
+
+/// Open `n` connections to `target`, `concurrency` at a time, from `src`.
+pub(crate) async fn open_many(target: &Target, tokens: &[String], n: usize, src: Ipv4Addr) -> Result<Vec<Ws>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64.min(n) {
+        let (next, target, tokens) = (Arc::clone(&next), target.clone(), tokens.to_vec());
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                mine.push(
+                    open(&target, Some(src), Some(&tokens[i % tokens.len()]))
+                        .await
+                        .with_context(|| format!("connection {} of {n} to {}", i + 1, target.addr))?,
+                );
+            }
+            Ok::<_, anyhow::Error>(mine)
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r??);
+    }
+    Ok(all)
+}
+
+// ---------------------------------------------------------------------------------
+// The upstream agent for the latency test
+// ---------------------------------------------------------------------------------
+
+/// `POST /run` with `input` `{count, interval_us, delay_us}`: after `delay_us`,
+/// `count` NDJSON `agent_message` events `interval_us` apart, each stamped with its
+/// send time (`mono_ns`), then `agent_completed`.
+async fn upstream_run(
+    secret: axum::extract::State<Arc<String>>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let expected = format!("Bearer {}", secret.0);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+    }
+    let count = body["input"]["count"].as_u64().unwrap_or(10);
+    let interval = Duration::from_micros(body["input"]["interval_us"].as_u64().unwrap_or(1000));
+    let start = tokio::time::Instant::now() + Duration::from_micros(body["input"]["delay_us"].as_u64().unwrap_or(0));
+    let stream = futures_util::stream::unfold(0u64, move |i| async move {
+        if i > count {
+            return None;
+        }
+        let line = if i == count {
+            "{\"type\":\"agent_completed\",\"data\":{\"result\":{}}}\n".to_owned()
+        } else {
+            #[allow(clippy::cast_possible_truncation)]
+            tokio::time::sleep_until(start + interval * (i as u32)).await;
+            format!("{{\"type\":\"agent_message\",\"data\":{{\"text\":\"x\",\"sent_ns\":{}}}}}\n", mono_ns())
+        };
+        Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line)), i + 1))
+    });
+    ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response()
+}
+
+/// Serve the upstream agent on loopback; its bearer is `secret`.
+pub(crate) async fn start_upstream(secret: &str) -> Result<SocketAddr> {
+    let app =
+        axum::Router::new().route("/run", axum::routing::post(upstream_run)).with_state(Arc::new(secret.to_owned()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+/// Latencies of one level, in microseconds, sorted.
+#[derive(Debug, Clone)]
+pub(crate) struct Latency {
+    pub(crate) sessions: usize,
+    pub(crate) streaming: usize,
+    pub(crate) interval_ms: f64,
+    pub(crate) micros: Vec<f64>,
+    /// Milliseconds per second that the gateway's threads waited, runnable, for a CPU
+    /// while the events streamed (other processes on its core).
+    pub(crate) runqueue_ms_per_s: f64,
+}
+
+/// `sessions` connected sessions, of which `min(sessions, active_max)` each stream one
+/// run whose events are spread so that all of them together get about `rate` events
+/// per second (at most one per millisecond each), for about `window`.
+pub(crate) async fn latency_level(
+    server_pid: u32,
+    target: &Target,
+    tokens: &[String],
+    sessions: usize,
+    active_max: usize,
+    rate: usize,
+    window: Duration,
+) -> Result<Latency> {
+    let streaming = sessions.min(active_max).max(1);
+    let interval_us = (streaming as u64 * 1_000_000 / rate.max(1) as u64).max(1000);
+    let warm = 2u64;
+    let count = (u64::try_from(window.as_micros()).unwrap_or(u64::MAX) / interval_us).max(3) + warm;
+    // Sessions from several source addresses, 5 000 per address.
+    let mut conns = Vec::with_capacity(sessions);
+    let mut left = sessions;
+    let mut k = 0;
+    while left > 0 {
+        let batch = left.min(5000);
+        conns.extend(open_many(target, tokens, batch, source(100 + k)).await?);
+        left -= batch;
+        k += 1;
+    }
+    let idle = conns.split_off(streaming);
+    let (wait0, t0) = (crate::procs::runqueue_wait_ns(server_pid), Instant::now());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, mut ws) in conns.into_iter().enumerate() {
+        let delay_us = (i as u64 * interval_us) / streaming as u64;
+        tasks.spawn(async move {
+            let start = json!({"type": "run.start", "ref": "b", "agent": "bench",
+                "input": {"count": count, "interval_us": interval_us, "delay_us": delay_us}});
+            ws.send(Message::text(start.to_string())).await?;
+            let mut lat = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+            let mut seen = 0u64;
+            loop {
+                let text = next_text(&mut ws).await?;
+                let received = mono_ns();
+                let v: Value = serde_json::from_str(&text)?;
+                match v["type"].as_str() {
+                    Some("agent_message") => {
+                        let sent = v["data"]["sent_ns"].as_u64().ok_or_else(|| anyhow!("no sent_ns: {text}"))?;
+                        seen += 1;
+                        if seen > warm {
+                            #[allow(clippy::cast_precision_loss)]
+                            lat.push(received.saturating_sub(sent) as f64 / 1000.0);
+                        }
+                    }
+                    Some("agent_completed") => break,
+                    Some("agent_failed" | "run_cancelled" | "error") => bail!("the run ended badly: {text}"),
+                    _ => {}
+                }
+            }
+            if seen != count {
+                bail!("received {seen} of {count} events");
+            }
+            close(ws).await;
+            Ok::<_, anyhow::Error>(lat)
+        });
+    }
+    let mut micros = Vec::new();
+    let limit = window + Duration::from_secs(60);
+    let collected = tokio::time::timeout(limit, async {
+        while let Some(r) = tasks.join_next().await {
+            micros.extend(r??);
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    match collected {
+        Ok(r) => r?,
+        Err(_) => bail!("the latency level with {sessions} sessions did not finish within {limit:?}"),
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let runqueue_ms_per_s = crate::procs::runqueue_wait_ns(server_pid).saturating_sub(wait0) as f64
+        / 1e6
+        / t0.elapsed().as_secs_f64().max(f64::EPSILON);
+    drop(idle);
+    micros.sort_by(f64::total_cmp);
+    #[allow(clippy::cast_precision_loss)]
+    Ok(Latency { sessions, streaming, interval_ms: interval_us as f64 / 1000.0, micros, runqueue_ms_per_s })
+}
+
+/// The `p`th percentile of sorted values (nearest rank).
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.saturating_sub(1).min(sorted.len() - 1)]
+}
