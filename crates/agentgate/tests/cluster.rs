@@ -211,6 +211,43 @@ fn demo_run(prompt: &str, delay_ms: u64) -> Value {
     json!({"type": "run.start", "ref": "c1", "agent": "demo", "input": {"prompt": prompt, "delay_ms": delay_ms}})
 }
 
+/// Connect on `url`, start a demo run and read until its `agent_started`: the session
+/// id, the socket, and the events read so far.
+async fn start_run(url: &str, token: &str, prompt: &str, delay_ms: u64) -> (String, Ws, Vec<Value>) {
+    let (outcome, ws) = connect_bearer(url, token, &[]).await;
+    let sid = outcome.welcome()["session_id"].as_str().unwrap().to_owned();
+    let mut ws = ws.unwrap();
+    send(&mut ws, demo_run(prompt, delay_ms)).await;
+    let first = read_until(&mut ws, |v| v["type"] == "agent_started").await;
+    (sid, ws, first.into_iter().filter(is_event).collect())
+}
+
+/// `POST /v1/tickets` with a bearer: the status and the body.
+async fn post_ticket(addr: std::net::SocketAddr, token: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/tickets"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("ticket request");
+    let status = resp.status().as_u16();
+    (status, serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null))
+}
+
+/// `POST /v1/admin/revoke` of `jti` with an admin bearer: the status.
+async fn post_revoke(addr: std::net::SocketAddr, admin: &str, jti: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{addr}/v1/admin/revoke"))
+        .bearer_auth(admin)
+        .header("content-type", "application/json")
+        .body(json!({"jti": jti}).to_string())
+        .send()
+        .await
+        .expect("revoke request")
+        .status()
+        .as_u16()
+}
+
 #[test]
 fn a_session_resumes_on_another_node_with_every_event_exactly_once() {
     let cluster = Cluster::new(3, "");
@@ -284,15 +321,7 @@ fn a_revocation_on_one_node_closes_a_connection_on_another_within_a_second() {
         outcome.welcome();
         let mut ws = ws.unwrap();
         let started = Instant::now();
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/v1/admin/revoke", a.addr()))
-            .bearer_auth(&admin)
-            .header("content-type", "application/json")
-            .body(json!({"jti": "jti-cluster-1"}).to_string())
-            .send()
-            .await
-            .expect("revoke");
-        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(post_revoke(a.addr(), &admin, "jti-cluster-1").await, 200);
         match next_frame(&mut ws).await {
             Frame::Close(code, reason) => {
                 assert_eq!((code, reason.contains("token_revoked")), (4401, true), "{reason}");
@@ -316,14 +345,8 @@ fn a_ticket_made_on_one_node_works_once_on_another_and_never_again() {
     let (a, b, c) = (cluster.start(0), cluster.start(1), cluster.start(2));
     let token = cluster.mint(&["--sub", "alice"]);
     block_on(async {
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/v1/tickets", a.addr()))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("ticket");
-        assert_eq!(resp.status().as_u16(), 201);
-        let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        let (status, body) = post_ticket(a.addr(), &token).await;
+        assert_eq!(status, 201, "{body}");
         let ticket = body["ticket"].as_str().unwrap().to_owned();
         let (outcome, ws) = connect(&format!("{}?ticket={ticket}", b.url()), &[]).await;
         let welcome = outcome.welcome();
@@ -343,13 +366,8 @@ fn two_concurrent_takes_of_one_ticket_on_two_nodes_let_exactly_one_in() {
     let token = cluster.mint(&["--sub", "alice"]);
     block_on(async {
         for _ in 0..10 {
-            let resp = reqwest::Client::new()
-                .post(format!("http://{}/v1/tickets", a.addr()))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .expect("ticket");
-            let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+            let (status, body) = post_ticket(a.addr(), &token).await;
+            assert_eq!(status, 201, "{body}");
             let ticket = body["ticket"].as_str().unwrap().to_owned();
             let (ua, ub) = (format!("{}?ticket={ticket}", a.url()), format!("{}?ticket={ticket}", b.url()));
             let ((oa, _wa), (ob, _wb)) = tokio::join!(connect(&ua, &[]), connect(&ub, &[]));
@@ -393,12 +411,7 @@ fn kill_9_of_the_running_node_ends_its_run_node_lost_within_the_orphan_timeout()
     let (mut a, b) = (cluster.start(0), cluster.start(1));
     let token = cluster.mint(&["--sub", "alice"]);
     block_on(async {
-        let (outcome, ws) = connect_bearer(&a.url(), &token, &[]).await;
-        let sid = outcome.welcome()["session_id"].as_str().unwrap().to_owned();
-        let mut ws = ws.unwrap();
-        send(&mut ws, demo_run("a run that outlives its node", 3000)).await;
-        let first = read_until(&mut ws, |v| v["type"] == "agent_started").await;
-        let mut events: Vec<Value> = first.into_iter().filter(is_event).collect();
+        let (sid, ws, mut events) = start_run(&a.url(), &token, "a run that outlives its node", 3000).await;
         let _ = a.child.kill(); // SIGKILL: no shutdown, no terminal event from A
         let _ = a.child.wait();
         let died = Instant::now();
@@ -427,12 +440,7 @@ fn sigterm_closes_1012_and_the_session_resumes_elsewhere_with_the_run_ended_node
     let (mut a, b) = (cluster.start(0), cluster.start(1));
     let token = cluster.mint(&["--sub", "alice"]);
     block_on(async {
-        let (outcome, ws) = connect_bearer(&a.url(), &token, &[]).await;
-        let sid = outcome.welcome()["session_id"].as_str().unwrap().to_owned();
-        let mut ws = ws.unwrap();
-        send(&mut ws, demo_run("a run during a rolling restart", 3000)).await;
-        let first = read_until(&mut ws, |v| v["type"] == "agent_started").await;
-        let mut events: Vec<Value> = first.into_iter().filter(is_event).collect();
+        let (sid, mut ws, mut events) = start_run(&a.url(), &token, "a run during a rolling restart", 3000).await;
         a.signal_terminate();
         let mut closed = None;
         loop {
@@ -535,24 +543,10 @@ fn two_prefixes_on_one_redis_share_nothing() {
             (Some(false), Some("session_not_found"))
         );
         close(ws).await;
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/v1/tickets", a.addr()))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        let ticket: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        let (_, ticket) = post_ticket(a.addr(), &token).await;
         let (outcome, _) = connect(&format!("{}?ticket={}", b.url(), ticket["ticket"].as_str().unwrap()), &[]).await;
         outcome.assert_http(401, "ticket_invalid");
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/v1/admin/revoke", a.addr()))
-            .bearer_auth(&admin)
-            .header("content-type", "application/json")
-            .body(json!({"jti": "jti-prefix"}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(post_revoke(a.addr(), &admin, "jti-prefix").await, 200);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (outcome, ws) = connect_bearer(&b.url(), &token, &[]).await;
         assert_eq!(outcome.code(), "accepted", "a revocation under another prefix does not apply");
@@ -591,22 +585,9 @@ fn per_principal_bounds_and_buffer_bytes_hold_across_nodes() {
         close(ws).await;
 
         // Tickets: two live ones per principal, whichever node issued them.
-        let post = |addr: std::net::SocketAddr| {
-            let token = token.clone();
-            async move {
-                reqwest::Client::new()
-                    .post(format!("http://{addr}/v1/tickets"))
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
-        };
-        assert_eq!(post(a.addr()).await, 201);
-        assert_eq!(post(b.addr()).await, 201);
-        assert_eq!(post(a.addr()).await, 429);
+        assert_eq!(post_ticket(a.addr(), &token).await.0, 201);
+        assert_eq!(post_ticket(b.addr(), &token).await.0, 201);
+        assert_eq!(post_ticket(a.addr(), &token).await.0, 429);
 
         // Buffer bytes: large events push the oldest out; a resume from 0 says so.
         let other = cluster.mint(&["--sub", "bob"]);
