@@ -17,7 +17,7 @@ use crate::limits::Slot;
 use crate::runs::RunStatus;
 use crate::server::AppState;
 use crate::session::{Holder, Owner, Subscription};
-use crate::telemetry::{self, unix_now};
+use crate::telemetry;
 use std::net::IpAddr;
 
 /// Events queued for one connection before it counts as a slow consumer.
@@ -265,15 +265,8 @@ impl Conn<'_> {
     fn expiry_deadlines(&self) -> (Option<Instant>, Option<Instant>) {
         let Some(exp) = self.principal.expires_at else { return (None, None) };
         let cfg = &self.app.config.auth;
-        let now_unix = unix_now();
-        let at = |unix: i64| {
-            let secs = unix.saturating_sub(now_unix).max(0);
-            Instant::now() + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
-        };
-        (
-            Some(at(exp.saturating_sub(cfg.expiry_warning_s))),
-            Some(at(exp.saturating_add(cfg.leeway_s).saturating_add(1))),
-        )
+        let warn_at = crate::interrupts::instant_at(exp.saturating_sub(cfg.expiry_warning_s));
+        (Some(warn_at), crate::interrupts::expiry_instant(Some(exp), cfg.leeway_s))
     }
 
     /// Send a reply; `false` when the connection ends, its reason kept in `ended`.

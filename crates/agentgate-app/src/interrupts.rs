@@ -17,6 +17,19 @@ use tokio::time::Instant;
 use crate::connection::{End, sleep_until_opt};
 use crate::server::AppState;
 
+/// When a live credential expiring at `exp` (Unix seconds) closes its connection
+/// 4401 `token_expired`: the instant `agentgate_auth::is_expired` turns true. `None`
+/// (an API key) never expires.
+pub(crate) fn expiry_instant(exp: Option<i64>, leeway_s: i64) -> Option<Instant> {
+    exp.map(|exp| instant_at(agentgate_auth::expires_after(exp, leeway_s)))
+}
+
+/// The monotonic instant of a Unix second (now, if it has passed).
+pub(crate) fn instant_at(unix: i64) -> Instant {
+    let secs = unix.saturating_sub(crate::telemetry::unix_now()).max(0);
+    Instant::now() + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
 /// The signals one connection watches.
 #[derive(Debug)]
 pub(crate) struct Interrupts {

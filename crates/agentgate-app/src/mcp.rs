@@ -21,7 +21,6 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::time::Instant;
 use tokio_util::codec::{AnyDelimiterCodec, FramedRead, LinesCodec};
 
 use crate::config::McpServerConfig;
@@ -32,7 +31,6 @@ use crate::limits::Slot;
 use crate::routes;
 use crate::server::AppState;
 use crate::session::Owner;
-use crate::telemetry;
 
 /// Time allowed to write one message to the server's stdin.
 const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -219,10 +217,7 @@ async fn pump(
     // Shutdown, revocation and expiry close the connection on time, also while a write
     // (to the client or to the server's stdin) is blocked.
     let mut interrupts = crate::interrupts::Interrupts::new(app);
-    let expire_at = principal.expires_at.map(|exp| {
-        let secs = exp.saturating_add(app.config.auth.leeway_s).saturating_add(1).saturating_sub(telemetry::unix_now());
-        Instant::now() + Duration::from_secs(u64::try_from(secs.max(0)).unwrap_or(0))
-    });
+    let expire_at = crate::interrupts::expiry_instant(principal.expires_at, app.config.auth.leeway_s);
     let max = app.config.server.max_message_bytes;
     loop {
         tokio::select! {

@@ -287,7 +287,7 @@ async fn ticket_principal(
         return Err((ErrorCode::TokenRevoked, "the credential that created this ticket has been revoked".into()));
     }
     if let Some(exp) = p.expires_at
-        && telemetry::unix_now() > exp.saturating_add(app.config.auth.leeway_s)
+        && agentgate_auth::is_expired(exp, telemetry::unix_now(), app.config.auth.leeway_s)
     {
         return Err((ErrorCode::TokenExpired, "the credential that created this ticket has expired".into()));
     }

@@ -22,4 +22,6 @@ pub use issuer::{ApiKey, Issuer, SigningKey};
 pub use jsonwebtoken::Algorithm;
 pub use keys::{KeyKind, VerifyKey, fingerprint, parse_jwks};
 pub use mint::{MintRequest, Minted};
-pub use verify::{API_KEY_ISSUER, Authenticator, Policy, Principal, Revocations, Trace, parse_alg};
+pub use verify::{
+    API_KEY_ISSUER, Authenticator, Policy, Principal, Revocations, Trace, expires_after, is_expired, parse_alg,
+};

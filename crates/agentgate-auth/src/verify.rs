@@ -55,6 +55,17 @@ pub struct Principal {
     pub token_fp: String,
 }
 
+/// The one rule for `token_expired`, at a handshake and on a live connection alike:
+/// `now` (Unix seconds) is after `exp + leeway`. Never overflows.
+pub fn is_expired(exp: i64, now: i64, leeway: i64) -> bool {
+    now > exp.saturating_add(leeway)
+}
+
+/// The first Unix second at which a credential with this `exp` counts as expired.
+pub fn expires_after(exp: i64, leeway: i64) -> i64 {
+    exp.saturating_add(leeway).saturating_add(1)
+}
+
 impl Principal {
     /// Whether the principal holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
@@ -404,7 +415,7 @@ impl Authenticator {
                 ));
             }
         }
-        if now > exp.saturating_add(leeway) {
+        if is_expired(exp, now, leeway) {
             return Err(AuthError::new(
                 TokenExpired,
                 format!(
