@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use crate::error::Rejection;
 use crate::revocation::Revoke;
-use crate::server::AppState;
 use crate::session::StoreError;
+use crate::state::AppState;
 use crate::telemetry;
 
 /// Largest accepted API request body.
@@ -152,7 +152,7 @@ async fn authenticate(
     remote: SocketAddr,
 ) -> Result<(String, Option<String>, Principal), Response> {
     let request_id = id::request_id();
-    if let Err(r) = crate::routes::check_rate(app, remote, &request_id) {
+    if let Err(r) = crate::admission::check_rate(app, remote, &request_id) {
         // An allowed origin still gets its CORS headers, so a browser can read the 429.
         let cors_origin = allowed_origin(app, headers, &request_id).ok().flatten();
         return Err(refuse(app, r, remote, cors_origin.as_deref()));

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use crate::limits::Slot;
 use crate::runs::RunStatus;
-use crate::server::AppState;
 use crate::session::{Holder, Owner, Subscription};
+use crate::state::AppState;
 use crate::telemetry;
 use std::net::IpAddr;
 
@@ -416,9 +416,9 @@ async fn await_auth(
                             Some(sid) => Some((sid, last_seq.unwrap_or(0))),
                             None => resume,
                         };
-                        match crate::routes::admit_principal(app, &p) {
+                        match crate::admission::admit_principal(app, &p) {
                             Err((code, message)) => Err(fail(code, message, fp)),
-                            Ok(slot) => match crate::routes::resume_check(app, &p, resume.as_ref()).await {
+                            Ok(slot) => match crate::admission::resume_check(app, &p, resume.as_ref()).await {
                                 Ok(resumable) => Ok((p, resume, resumable, (ip_slot, slot))),
                                 Err((code, message)) => Err(fail(code, message, fp)),
                             },

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::connection::{End, sleep_until_opt};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// When a live credential expiring at `exp` (Unix seconds) closes its connection
 /// 4401 `token_expired`: the instant `agentgate_auth::is_expired` turns true. `None`

@@ -5,20 +5,28 @@
 //! # Layout
 //! A request travels top-down through these files:
 //! - [`config`]: file, environment overrides, validation into [`Config`].
-//! - [`server`]: shared [`AppState`], [`serve`], graceful shutdown.
-//! - [`routes`]: the pre-upgrade decisions for `/v1/ws`, health endpoints.
+//! - [`server`]: [`serve`], the accept loop (TLS, trusted proxies, head limits),
+//!   graceful shutdown; [`state`]: the node's shared [`AppState`].
+//! - [`routes`]: the router, health endpoints, and the `/v1/ws` handshake: it puts the
+//!   checks of [`admission`] (rate, connections, `Origin`, backend, credential,
+//!   principal caps, resume) in the contract's order and upgrades or rejects.
 //! - [`credentials`]: finding the one credential on a request.
 //! - [`limits`]: handshake rate and connection caps.
 //! - [`tls`] and [`client_ip`]: TLS termination with reload on SIGHUP; the client
 //!   address behind `server.trusted_proxies`.
-//! - [`tickets`], [`revocation`], [`api`]: one-time tickets, the revocation list,
-//!   and their HTTP endpoints.
+//! - [`api`]: `POST /v1/tickets` and `POST /v1/admin/revoke`, over [`tickets`] (ticket
+//!   policy) and [`revocation`] (this node's revocation cache).
 //! - [`error`]: a [`Rejection`] as an HTTP response or close frame.
-//! - [`connection`]: the life of one WebSocket after the upgrade.
-//! - [`session`]: sessions, seq numbers, replay buffer, delivery.
-//! - [`runs`] and [`agents`]: runs with exactly one terminal event; the demo agent.
+//! - [`connection`] (and [`mcp`]): the life of one WebSocket after the upgrade;
+//!   `interrupts.rs`: shutdown, revocation, expiry and write timeouts on time.
+//! - [`session`]: sessions, seq numbers, replay buffer, per-connection delivery.
+//! - [`runs`] and [`agents`]: the run driver with exactly one terminal event; the demo
+//!   and HTTP upstream agents.
+//! - [`backend`]: everything several nodes share, behind one seam: the memory backend
+//!   and the Redis backend.
 //! - [`telemetry`] and [`metrics`]: logs that never carry a secret; Prometheus metrics.
 
+pub mod admission;
 pub mod agents;
 pub mod api;
 pub mod backend;
@@ -40,10 +48,12 @@ pub mod runs;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod tickets;
 pub mod tls;
 
 pub use config::{Config, ConfigError, Env};
 pub use error::Rejection;
-pub use server::{AppState, serve};
+pub use server::serve;
+pub use state::AppState;

@@ -29,8 +29,8 @@ use crate::credentials::{self, Endpoint, Found};
 use crate::error::Rejection;
 use crate::limits::Slot;
 use crate::routes;
-use crate::server::AppState;
 use crate::session::Owner;
+use crate::state::AppState;
 
 /// Time allowed to write one message to the server's stdin.
 const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,15 +75,15 @@ async fn decide(
     remote: SocketAddr,
     request_id: &str,
 ) -> Result<Admitted, Rejection> {
-    let ip_slot = routes::admit_ip(app, remote, request_id)?;
-    routes::check_origin(app, headers, origin, request_id)?;
+    let ip_slot = crate::admission::admit_ip(app, remote, request_id)?;
+    crate::admission::check_origin(app, headers, origin, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Mcp, false)
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
     let credential = match found {
         Found::One(c) => c,
         Found::None(msg) => return Err(Rejection::new(ErrorCode::TokenMissing, msg, request_id)),
     };
-    let principal = routes::principal_of(app, &credential, origin, request_id).await?;
+    let principal = crate::admission::principal_of(app, &credential, origin, request_id).await?;
     let fp = Some(principal.token_fp.clone());
     let Some(config) = app.config.mcp.servers.iter().find(|s| s.name == server) else {
         let known: Vec<&str> = app.config.mcp.servers.iter().map(|s| s.name.as_str()).collect();
@@ -120,7 +120,7 @@ async fn decide(
         r.retry_after_s = Some(1);
         r
     };
-    let principal_slot = routes::admit_principal(app, &principal).map_err(|(_, m)| too_many(m))?;
+    let principal_slot = crate::admission::admit_principal(app, &principal).map_err(|(_, m)| too_many(m))?;
     let total = app.mcp_processes.acquire(()).ok_or_else(|| {
         too_many(format!("{} MCP server processes are running (mcp.max_processes)", app.config.mcp.max_processes))
     })?;

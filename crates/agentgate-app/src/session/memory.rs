@@ -6,12 +6,12 @@
 //! The bounds of PROTOCOL.md section 6 are decided here (a Redis store decides the same
 //! ones in its own scripts):
 //! - per session, `sessions.buffer_events` events whose frames total at most
-//!   `sessions.buffer_bytes` (always at least the newest event): [`MemoryStore::append_now`];
+//!   `sessions.buffer_bytes` (always at least the newest event): `MemoryStore::append_now`;
 //! - per principal, `limits.sessions_per_principal` sessions: creating one more drops
 //!   the principal's session detached longest ago, or is refused when none is detached:
 //!   [`MemoryStore::create`] (and [`SessionStore::admits_new_session`] before the upgrade);
 //! - per node, `sessions.memory_limit_bytes` of buffered frames: past it the sessions
-//!   detached longest ago are dropped first: [`MemoryStore::enforce_memory_limit`].
+//!   detached longest ago are dropped first: `MemoryStore::enforce_memory_limit`.
 //!
 //! Lock order: the index, then a session's state; never the other way round.
 
