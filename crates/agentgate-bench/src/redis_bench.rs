@@ -274,22 +274,28 @@ pub(crate) async fn run(env: &Env<'_>, args: &Args, bin: &Path, ticks: f64) -> R
         let window = Duration::from_secs_f64(
             (args.latency_secs.unwrap_or(if args.quick { 2.0 } else { 10.0 }) / f64::from(rounds)).clamp(0.5, 60.0),
         );
-        let cases: [(&str, &Target, u32, Option<&Target>); 3] = [
-            ("memory backend, same node", &tm, m.pid(), None),
-            ("Redis backend, same node (A appends, A delivers)", &ta, a.pid(), None),
-            ("Redis backend, cross-node (A appends, B delivers)", &ta, a.pid(), Some(&tb)),
+        let rp = redis.info.pid;
+        // (name, target, resume target, the servers involved: their run-queue waits count)
+        let cases: [(&str, &Target, Option<&Target>, Vec<u32>); 3] = [
+            ("memory backend, same node", &tm, None, vec![m.pid()]),
+            ("Redis backend, same node (A appends, A delivers)", &ta, None, vec![a.pid(), rp]),
+            ("Redis backend, cross-node (A appends, B delivers)", &ta, Some(&tb), vec![a.pid(), b.pid(), rp]),
         ];
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
         let mut runq = vec![0.0; cases.len()];
         let mut streaming = 0;
         let mut interval_ms = 0.0;
         for round in 0..rounds {
-            for (j, (name, target, pid, resume)) in cases.iter().enumerate() {
+            for (j, (name, target, resume, pids)) in cases.iter().enumerate() {
                 let tokens = mint_many(&format!("rlat-{round}-{j}"), n)?;
                 eprintln!("redis latency: {name}, {n} sessions, round {}/{rounds} ...", round + 1);
-                let l = load::latency_level(*pid, target, &tokens, n, n, args.latency_rate, window, *resume)
+                let wait = || pids.iter().map(|&p| crate::procs::runqueue_wait_ns(p)).sum::<u64>();
+                let (w0, t0) = (wait(), Instant::now());
+                let l = load::latency_level(pids[0], target, &tokens, n, n, args.latency_rate, window, *resume)
                     .await
                     .with_context(|| format!("latency, {name}"))?;
+                #[allow(clippy::cast_precision_loss)]
+                let waited = wait().saturating_sub(w0) as f64 / 1e6 / t0.elapsed().as_secs_f64().max(f64::EPSILON);
                 eprintln!(
                     "redis latency: {name}: p50 {:.0} µs, p99 {:.0} µs, p999 {:.0} µs ({} events)",
                     load::percentile(&l.micros, 50.0),
@@ -298,7 +304,7 @@ pub(crate) async fn run(env: &Env<'_>, args: &Args, bin: &Path, ticks: f64) -> R
                     l.micros.len()
                 );
                 results[j].extend(l.micros);
-                runq[j] += l.runqueue_ms_per_s / f64::from(rounds);
+                runq[j] += waited / f64::from(rounds);
                 streaming = l.streaming;
                 interval_ms = l.interval_ms;
             }
@@ -311,7 +317,10 @@ pub(crate) async fn run(env: &Env<'_>, args: &Args, bin: &Path, ticks: f64) -> R
             args.latency_rate
         ));
         out.push(String::new());
-        out.push("| path | events | p50 µs | p99 µs | p999 µs | max µs | A waited for a CPU |".into());
+        out.push(
+            "| path | events | p50 µs | p99 µs | p999 µs | max µs | its servers (gateways, Redis) waited for a CPU |"
+                .into(),
+        );
         out.push("|---|---:|---:|---:|---:|---:|---:|".into());
         let mut jl = Vec::new();
         for (j, (name, ..)) in cases.iter().enumerate() {
@@ -444,6 +453,39 @@ pub(crate) async fn run(env: &Env<'_>, args: &Args, bin: &Path, ticks: f64) -> R
             noise.other_cpu_s / noise.wall_s.max(f64::EPSILON)
         ));
         js["handshakes"] = Value::Array(jh);
+
+        // Redis commands per handshake: one more round on a fresh Redis node, with the
+        // tokens of the rounds above (so each principal is at its session cap alike).
+        let g = env.start(&red_spec)?;
+        let target = Target { addr: g.addr, auth: true };
+        let tokens = mint_many("hs", args.concurrency.max(1))?;
+        load::handshake_round(&target, &tokens, args.concurrency, Duration::from_millis(300), 2000).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mon = Monitor::start(port)?;
+        let t0 = Instant::now();
+        let r = load::handshake_round(&target, &tokens, args.concurrency, Duration::from_secs(1), 20_000)
+            .await
+            .context("handshakes for the Redis command count")?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let took = t0.elapsed();
+        let batch = mon.finish()?;
+        let mon = Monitor::start(port)?;
+        tokio::time::sleep(took).await;
+        let idle = mon.finish()?;
+        drop(g);
+        let ok = u64::try_from(r.ok).unwrap_or(0);
+        let client = per_event(&batch.client, &idle.client, ok);
+        let script = per_event(&batch.script, &idle.script, ok);
+        let (sent, inside): (f64, f64) = (client.iter().map(|x| x.1).sum(), script.iter().map(|x| x.1).sum());
+        out.push(String::new());
+        out.push(format!(
+            "Redis commands per handshake (MONITOR over {} more handshakes on a fresh Redis node, minus an idle \
+             window): {sent:.2} sent ({}); {inside:.2} called inside scripts ({}).",
+            r.ok,
+            fmt_cmds(&client),
+            fmt_cmds(&script)
+        ));
+        js["commands_per_handshake"] = json!({"handshakes": r.ok, "sent": client, "in_scripts": script});
     }
 
     // ------------------------------------------------------------- 4. memory
