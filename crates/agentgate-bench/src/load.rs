@@ -49,7 +49,13 @@ pub(crate) fn mono_ns() -> u64 {
 /// thousands).
 /// With `src`, the socket is bound to it (for the many long-lived connections); without,
 /// the kernel picks the port at connect time, which is cheaper for short connections.
-pub(crate) async fn connect(target: &Target, src: Option<Ipv4Addr>, token: Option<&str>) -> Result<Ws> {
+/// The query (`?{query}`) is left out when empty.
+pub(crate) async fn connect_query(
+    target: &Target,
+    src: Option<Ipv4Addr>,
+    token: Option<&str>,
+    query: &str,
+) -> Result<Ws> {
     let stream = match src {
         Some(src) => {
             let sock = TcpSocket::new_v4()?;
@@ -60,7 +66,8 @@ pub(crate) async fn connect(target: &Target, src: Option<Ipv4Addr>, token: Optio
         None => tokio::time::timeout(STEP, TcpStream::connect(target.addr)).await.context("connect timed out")??,
     };
     stream.set_nodelay(true)?;
-    let mut req = format!("ws://{}/v1/ws", target.addr).into_client_request()?;
+    let sep = if query.is_empty() { "" } else { "?" };
+    let mut req = format!("ws://{}/v1/ws{sep}{query}", target.addr).into_client_request()?;
     if target.auth
         && let Some(t) = token
     {
@@ -88,13 +95,23 @@ pub(crate) async fn next_text(ws: &mut Ws) -> Result<String> {
 
 /// Connect and wait for the welcome.
 pub(crate) async fn open(target: &Target, src: Option<Ipv4Addr>, token: Option<&str>) -> Result<Ws> {
-    let mut ws = connect(target, src, token).await?;
+    Ok(open_query(target, src, token, "").await?.0)
+}
+
+/// Connect to `/v1/ws?{query}` and wait for the welcome; returns it too.
+pub(crate) async fn open_query(
+    target: &Target,
+    src: Option<Ipv4Addr>,
+    token: Option<&str>,
+    query: &str,
+) -> Result<(Ws, Value)> {
+    let mut ws = connect_query(target, src, token, query).await?;
     let first = next_text(&mut ws).await?;
     let v: Value = serde_json::from_str(&first).with_context(|| format!("first frame is not JSON: {first}"))?;
     if v["type"] != "welcome" {
         bail!("expected a welcome, got {first}");
     }
-    Ok(ws)
+    Ok((ws, v))
 }
 
 /// Close politely and wait (bounded) for the server's end.
@@ -169,6 +186,16 @@ pub(crate) async fn handshake_round(
 
 /// Open `n` connections to `target`, `concurrency` at a time, from `src`.
 pub(crate) async fn open_many(target: &Target, tokens: &[String], n: usize, src: Ipv4Addr) -> Result<Vec<Ws>> {
+    Ok(open_many_sessions(target, tokens, n, src).await?.into_iter().map(|(ws, ..)| ws).collect())
+}
+
+/// [`open_many`], with each connection's session id and token.
+pub(crate) async fn open_many_sessions(
+    target: &Target,
+    tokens: &[String],
+    n: usize,
+    src: Ipv4Addr,
+) -> Result<Vec<(Ws, String, String)>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..64.min(n) {
@@ -180,11 +207,12 @@ pub(crate) async fn open_many(target: &Target, tokens: &[String], n: usize, src:
                 if i >= n {
                     break;
                 }
-                mine.push(
-                    open(&target, Some(src), Some(&tokens[i % tokens.len()]))
-                        .await
-                        .with_context(|| format!("connection {} of {n} to {}", i + 1, target.addr))?,
-                );
+                let token = &tokens[i % tokens.len()];
+                let (ws, welcome) = open_query(&target, Some(src), Some(token), "")
+                    .await
+                    .with_context(|| format!("connection {} of {n} to {}", i + 1, target.addr))?;
+                let session = welcome["session_id"].as_str().unwrap_or_default().to_owned();
+                mine.push((ws, session, token.clone()));
             }
             Ok::<_, anyhow::Error>(mine)
         });
@@ -250,15 +278,25 @@ pub(crate) struct Latency {
     pub(crate) sessions: usize,
     pub(crate) streaming: usize,
     pub(crate) interval_ms: f64,
+    /// Events each streaming session received (the first ones, warm-up, are not in `micros`).
+    pub(crate) events: u64,
     pub(crate) micros: Vec<f64>,
     /// Milliseconds per second that the gateway's threads waited, runnable, for a CPU
     /// while the events streamed (other processes on its core).
     pub(crate) runqueue_ms_per_s: f64,
 }
 
+/// How long before its first event a run's session is resumed on the other node.
+const RESUME_LEAD: Duration = Duration::from_millis(1000);
+
 /// `sessions` connected sessions, of which `min(sessions, active_max)` each stream one
 /// run whose events are spread so that all of them together get about `rate` events
 /// per second (at most one per millisecond each), for about `window`.
+///
+/// With `resume`, each streaming session, once its run is accepted, is resumed on that
+/// other gateway (`?session_id=...&last_seq=N`, [`RESUME_LEAD`] before the run's first
+/// event): the run's node appends, the other node delivers.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn latency_level(
     server_pid: u32,
     target: &Target,
@@ -267,6 +305,7 @@ pub(crate) async fn latency_level(
     active_max: usize,
     rate: usize,
     window: Duration,
+    resume: Option<&Target>,
 ) -> Result<Latency> {
     let streaming = sessions.min(active_max).max(1);
     let interval_us = (streaming as u64 * 1_000_000 / rate.max(1) as u64).max(1000);
@@ -278,19 +317,52 @@ pub(crate) async fn latency_level(
     let mut k = 0;
     while left > 0 {
         let batch = left.min(5000);
-        conns.extend(open_many(target, tokens, batch, source(100 + k)).await?);
+        conns.extend(open_many_sessions(target, tokens, batch, source(100 + k)).await?);
         left -= batch;
         k += 1;
     }
     let idle = conns.split_off(streaming);
     let (wait0, t0) = (crate::procs::runqueue_wait_ns(server_pid), Instant::now());
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, mut ws) in conns.into_iter().enumerate() {
-        let delay_us = (i as u64 * interval_us) / streaming as u64;
+    let lead_us = if resume.is_some() { u64::try_from(RESUME_LEAD.as_micros()).unwrap_or(0) } else { 0 };
+    for (i, (mut ws, session, token)) in conns.into_iter().enumerate() {
+        let delay_us = (i as u64 * interval_us) / streaming as u64 + lead_us;
+        let resume = resume.cloned();
         tasks.spawn(async move {
             let start = json!({"type": "run.start", "ref": "b", "agent": "bench",
                 "input": {"count": count, "interval_us": interval_us, "delay_us": delay_us}});
+            let sent = Instant::now();
             ws.send(Message::text(start.to_string())).await?;
+            if let Some(other) = resume {
+                let mut last_seq = 0u64;
+                loop {
+                    let text = next_text(&mut ws).await?;
+                    let v: Value = serde_json::from_str(&text)?;
+                    last_seq = last_seq.max(v["seq"].as_u64().unwrap_or(0));
+                    match v["type"].as_str() {
+                        Some("run.accepted") => break,
+                        Some("error") => bail!("run.start refused: {text}"),
+                        _ => {}
+                    }
+                }
+                let query = format!("session_id={session}&last_seq={last_seq}");
+                let (b, welcome) = open_query(&other, Some(source(150 + i / 5000)), Some(&token), &query)
+                    .await
+                    .context("resume on the other gateway")?;
+                if welcome["resumed"] != true {
+                    bail!("the other gateway did not resume the session: {welcome}");
+                }
+                if sent.elapsed() + Duration::from_millis(100) > RESUME_LEAD {
+                    bail!(
+                        "resuming on the other gateway took {:?}, longer than the {RESUME_LEAD:?} lead before the \
+                         first event (the machine is overloaded)",
+                        sent.elapsed()
+                    );
+                }
+                // The first node closes its connection 4409 session_taken_over.
+                drop(ws);
+                ws = b;
+            }
             let mut lat = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
             let mut seen = 0u64;
             loop {
@@ -338,7 +410,14 @@ pub(crate) async fn latency_level(
     drop(idle);
     micros.sort_by(f64::total_cmp);
     #[allow(clippy::cast_precision_loss)]
-    Ok(Latency { sessions, streaming, interval_ms: interval_us as f64 / 1000.0, micros, runqueue_ms_per_s })
+    Ok(Latency {
+        sessions,
+        streaming,
+        interval_ms: interval_us as f64 / 1000.0,
+        events: count,
+        micros,
+        runqueue_ms_per_s,
+    })
 }
 
 /// The `p`th percentile of sorted values (nearest rank).

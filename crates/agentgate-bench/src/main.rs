@@ -17,6 +17,7 @@
 
 mod load;
 mod procs;
+mod redis_bench;
 mod servers;
 
 use std::path::{Path, PathBuf};
@@ -89,9 +90,26 @@ struct Args {
     /// Seconds of event streaming per latency level [default: 10, quick 2].
     #[arg(long)]
     latency_secs: Option<f64>,
-    /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_value = "handshakes,latency,memory")]
+    /// Which parts to run: handshakes, latency, memory, redis (the Redis backend against
+    /// the memory backend; needs redis-server).
+    #[arg(long, value_delimiter = ',', default_value = "handshakes,latency,memory,redis")]
     parts: Vec<String>,
+    /// Run only the Redis measurements (same as --parts redis).
+    #[arg(long)]
+    redis: bool,
+    /// The redis-server binary for the Redis measurements [default: redis-server on PATH].
+    #[arg(long)]
+    redis_server: Option<PathBuf>,
+    /// Concurrent streaming sessions of the Redis latency measurement.
+    #[arg(long, default_value_t = 100)]
+    redis_sessions: usize,
+    /// Events of the run whose Redis commands are counted [default: 2000, quick 500].
+    #[arg(long)]
+    redis_events: Option<usize>,
+    /// Idle connections held by each of three Redis nodes at once; 0 skips [default:
+    /// 5000, quick 500].
+    #[arg(long)]
+    redis_memory_per_node: Option<usize>,
     /// Which servers to measure: ceiling, ceiling-hs256, agentgate, before (with
     /// --before), node, python [default: all].
     #[arg(long, value_delimiter = ',')]
@@ -198,8 +216,12 @@ fn hold(addr: std::net::SocketAddr, args: &Args) -> Result<()> {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Ceiling { auth: bool },
+    Ceiling {
+        auth: bool,
+    },
     Gateway(PathBuf),
+    /// A gateway with `backend.kind = "redis"` on this Redis.
+    GatewayRedis(PathBuf, redis_bench::RedisInfo),
     Peer(usize),
 }
 
@@ -214,6 +236,14 @@ struct Spec {
 impl Spec {
     fn auth(&self) -> bool {
         !matches!(self.kind, Kind::Ceiling { auth: false })
+    }
+
+    /// A process whose CPU time counts with the server's (the Redis of a Redis gateway).
+    fn companion_pid(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::GatewayRedis(_, r) => Some(r.pid),
+            _ => None,
+        }
     }
 }
 
@@ -242,9 +272,16 @@ impl Env<'_> {
                 }
                 c
             }
-            Kind::Gateway(bin) => {
+            Kind::Gateway(bin) | Kind::GatewayRedis(bin, _) => {
                 let config = self.dir.join(format!("gateway-{k}.toml"));
-                std::fs::write(&config, gateway_config(&addr_file, self.upstream)?)?;
+                let mut text = gateway_config(&addr_file, self.upstream)?;
+                if let Kind::GatewayRedis(_, r) = &spec.kind {
+                    text.push_str(&format!(
+                        "\n[backend]\nkind = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n",
+                        r.port
+                    ));
+                }
+                std::fs::write(&config, text)?;
                 let mut c = self.pinning.server_cmd(bin);
                 for (key, _) in std::env::vars_os() {
                     let key = key.to_string_lossy();
@@ -288,6 +325,8 @@ struct HandshakeTotals {
     ok: usize,
     failed: usize,
     cpu_s: f64,
+    /// CPU time of the server's companion process (Redis), if any.
+    companion_cpu_s: f64,
     wall_s: f64,
     round_rates: Vec<f64>,
 }
@@ -330,6 +369,8 @@ async fn handshakes(env: &Env<'_>, specs: &[Spec], args: &Args, ticks: f64) -> R
             let i = (j + round) % specs.len();
             tokio::time::sleep(Duration::from_millis(300)).await;
             let pid = procs[i].pid();
+            let companion = specs[i].companion_pid();
+            let comp0 = companion.map(|p| procs::cpu_seconds(p, ticks)).transpose()?.unwrap_or(0.0);
             let (cpu0, busy0, me0) =
                 (procs::cpu_seconds(pid, ticks)?, procs::machine_busy_seconds(ticks)?, procs::cpu_seconds(me, ticks)?);
             let r = load::handshake_round(&targets[i], &tokens, args.concurrency, duration, args.max_per_round)
@@ -340,13 +381,15 @@ async fn handshakes(env: &Env<'_>, specs: &[Spec], args: &Args, ticks: f64) -> R
             procs[i].check_alive()?;
             let (cpu1, busy1, me1) =
                 (procs::cpu_seconds(pid, ticks)?, procs::machine_busy_seconds(ticks)?, procs::cpu_seconds(me, ticks)?);
+            let comp = companion.map(|p| procs::cpu_seconds(p, ticks)).transpose()?.unwrap_or(0.0) - comp0;
             let cpu = cpu1 - cpu0;
-            noise.other_cpu_s += ((busy1 - busy0) - cpu - (me1 - me0)).max(0.0);
+            noise.other_cpu_s += ((busy1 - busy0) - cpu - comp - (me1 - me0)).max(0.0);
             noise.wall_s += r.wall_s + 0.3;
             let t = &mut totals[i];
             t.ok += r.ok;
             t.failed += r.failed;
             t.cpu_s += cpu;
+            t.companion_cpu_s += comp;
             t.wall_s += r.wall_s;
             #[allow(clippy::cast_precision_loss)]
             t.round_rates.push(r.ok as f64 / cpu.max(f64::EPSILON));
@@ -382,7 +425,8 @@ struct Memory {
 
 /// `settle`: the pause before each `VmRSS` reading, so that the last connections' setup
 /// is finished.
-async fn memory(env: &Env<'_>, spec: &Spec, levels: &[usize], settle: Duration) -> Result<Memory> {
+/// `source_base`: the helpers' first source address number ([`load::source`]).
+async fn memory(env: &Env<'_>, spec: &Spec, levels: &[usize], settle: Duration, source_base: usize) -> Result<Memory> {
     let mut proc = env.start(spec)?;
     let target = Target { addr: proc.addr, auth: spec.auth() };
     let tokens = mint_many("mem-warm", 16)?;
@@ -403,7 +447,7 @@ async fn memory(env: &Env<'_>, spec: &Spec, levels: &[usize], settle: Duration) 
                 .arg("--hold-count")
                 .arg(n.to_string())
                 .arg("--hold-source")
-                .arg((20 + k).to_string())
+                .arg((source_base + k).to_string())
                 .arg("--hold-prefix")
                 .arg(format!("mem-{k}"))
                 .stdin(Stdio::piped())
@@ -461,7 +505,17 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
     let load_before = procs::loadavg();
     eprintln!("{}; load average before: {load_before}", pinning.describe());
 
-    let want_peers = args.servers.as_ref().is_none_or(|o| o.iter().any(|k| k == "node" || k == "python"));
+    let parts: Vec<String> = if args.redis { vec!["redis".into()] } else { args.parts.clone() };
+    if let Some(bad) = parts.iter().find(|p| !["handshakes", "latency", "memory", "redis"].contains(&p.as_str())) {
+        bail!("--parts {bad}: unknown; use handshakes, latency, memory, redis");
+    }
+    let part = |p: &str| parts.iter().any(|x| x == p);
+    if part("redis") {
+        // Fail now, not after minutes of the other parts.
+        redis_bench::find_redis_server(args.redis_server.as_deref())?;
+    }
+    let want_peers = args.servers.as_ref().is_none_or(|o| o.iter().any(|k| k == "node" || k == "python"))
+        && (part("handshakes") || part("latency") || part("memory"));
     let peers = if args.no_peers {
         eprintln!("note: --no-peers: the Node and Python peers are skipped");
         Vec::new()
@@ -514,7 +568,6 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
             );
         }
     }
-    let part = |p: &str| args.parts.iter().any(|x| x == p);
 
     let hs = if part("handshakes") { Some(handshakes(&env, &specs, args, ticks).await?) } else { None };
 
@@ -545,6 +598,7 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
                     args.latency_streaming_max,
                     args.latency_rate,
                     window,
+                    None,
                 )
                 .await
                 .with_context(|| format!("latency of {} at {n} sessions", s.name))?;
@@ -576,10 +630,15 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
         for s in &specs {
             mem.push((
                 s.name.clone(),
-                memory(&env, s, &levels, settle).await.with_context(|| format!("memory of {}", s.name))?,
+                memory(&env, s, &levels, settle, 20).await.with_context(|| format!("memory of {}", s.name))?,
             ));
         }
     }
+    let redis = if part("redis") {
+        Some(redis_bench::run(&env, args, &bin, ticks).await.context("the Redis measurements")?)
+    } else {
+        None
+    };
     let load_after = procs::loadavg();
 
     // ------------------------------------------------------------------ report
@@ -695,8 +754,14 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
         }
     }
 
+    if let Some((lines, _)) = &redis {
+        for l in lines {
+            println!("{l}");
+        }
+    }
     let results = json!({"pinning": pinning.describe(), "load_before": load_before, "load_after": load_after,
-        "quick": args.quick, "handshakes": json_hs, "latency": json_lat, "memory": json_mem});
+        "quick": args.quick, "handshakes": json_hs, "latency": json_lat, "memory": json_mem,
+        "redis": redis.as_ref().map(|r| r.1.clone())});
     let results_path = args.results.clone().unwrap_or_else(|| target_dir.join("bench-results/results.json"));
     if let Some(p) = results_path.parent() {
         std::fs::create_dir_all(p)?;
