@@ -168,14 +168,17 @@ const CREATE: &str = r"
 -- detached longest ago is dropped; with none detached the new one is refused.
 local cap = tonumber(ARGV[3])
 if redis.call('ZCARD', KEYS[1]) >= cap then
-  for _, s in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    if redis.call('EXISTS', ARGV[4] .. '{' .. s .. '}:m') == 0 then redis.call('ZREM', KEYS[1], s) end
-  end
-  if redis.call('ZCARD', KEYS[1]) >= cap then
-    local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[6], 'LIMIT', 0, 1)
-    if #old == 0 then return 0 end
+  -- The session detached longest ago goes first (expired or not): no scan.
+  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[6], 'LIMIT', 0, 1)
+  if #old > 0 then
     redis.call('DEL', ARGV[4] .. '{' .. old[1] .. '}:m', ARGV[4] .. '{' .. old[1] .. '}:e')
     redis.call('ZREM', KEYS[1], old[1])
+  else
+    -- All counted as attached: forget those whose keys expired (a node that died).
+    for _, s in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+      if redis.call('EXISTS', ARGV[4] .. '{' .. s .. '}:m') == 0 then redis.call('ZREM', KEYS[1], s) end
+    end
+    if redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
   end
 end
 redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'seq', 0, 'bytes', 0, 'okey', KEYS[1])
@@ -190,11 +193,11 @@ return 1
 const ADMITS: &str = r"
 -- KEYS: the principal's sessions. ARGV: cap, key prefix, attached score
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then return 1 end
+if #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3], 'LIMIT', 0, 1) > 0 then return 1 end
 for _, s in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if redis.call('EXISTS', ARGV[2] .. '{' .. s .. '}:m') == 0 then redis.call('ZREM', KEYS[1], s) end
 end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then return 1 end
-if #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3], 'LIMIT', 0, 1) > 0 then return 1 end
 return 0
 ";
 
