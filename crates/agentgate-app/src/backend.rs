@@ -34,74 +34,11 @@ use crate::session::{BoxFuture, Owner, SessionStore, StoreError, StoredEvent};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredTicket {
     /// The principal of the credential that created it.
-    pub principal: PrincipalRecord,
+    pub principal: agentgate_auth::Principal,
     /// The `Origin` of the ticket request, if any.
     pub origin: Option<String>,
     /// Expiry, Unix milliseconds.
     pub expires_at_ms: u64,
-}
-
-/// A principal as stored by a backend (tickets): every field of
-/// [`agentgate_auth::Principal`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PrincipalRecord {
-    /// Issuer (`name` of the JWT issuer, or `api_key`).
-    pub issuer: String,
-    /// Subject.
-    pub subject: String,
-    /// Tenant.
-    pub tenant: Option<String>,
-    /// Scopes.
-    pub scopes: Vec<String>,
-    /// `via`.
-    pub via: String,
-    /// `exp`.
-    pub expires_at: Option<i64>,
-    /// `jti`.
-    pub jti: Option<String>,
-    /// `iat`.
-    pub issued_at: Option<i64>,
-    /// Fingerprint of the token.
-    pub token_fp: String,
-}
-
-impl From<&agentgate_auth::Principal> for PrincipalRecord {
-    fn from(p: &agentgate_auth::Principal) -> Self {
-        Self {
-            issuer: p.issuer.clone(),
-            subject: p.subject.clone(),
-            tenant: p.tenant.clone(),
-            scopes: p.scopes.clone(),
-            via: p.via.clone(),
-            expires_at: p.expires_at,
-            jti: p.jti.clone(),
-            issued_at: p.issued_at,
-            token_fp: p.token_fp.clone(),
-        }
-    }
-}
-
-impl PrincipalRecord {
-    /// The owner (issuer, subject, tenant) of this principal.
-    pub fn owner(&self) -> Owner {
-        Owner { issuer: self.issuer.clone(), subject: self.subject.clone(), tenant: self.tenant.clone() }
-    }
-}
-
-impl From<PrincipalRecord> for agentgate_auth::Principal {
-    fn from(r: PrincipalRecord) -> Self {
-        Self {
-            issuer: r.issuer,
-            subject: r.subject,
-            tenant: r.tenant,
-            scopes: r.scopes,
-            via: r.via,
-            expires_at: r.expires_at,
-            jti: r.jti,
-            issued_at: r.issued_at,
-            token_fp: r.token_fp,
-        }
-    }
 }
 
 /// One-time tickets: stored by digest, taken at most once.

@@ -77,6 +77,7 @@ async fn decide(
 ) -> Result<Admitted, Rejection> {
     let ip_slot = crate::admission::admit_ip(app, remote, request_id)?;
     crate::admission::check_origin(app, headers, origin, request_id)?;
+    crate::admission::check_backend(app, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Mcp, false)
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id))?;
     let credential = match found {

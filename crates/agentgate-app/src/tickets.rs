@@ -42,7 +42,7 @@ impl Tickets {
         let ticket = id::ticket();
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let stored =
-            StoredTicket { principal: principal.into(), origin, expires_at_ms: now_ms().saturating_add(ttl_ms) };
+            StoredTicket { principal: principal.clone(), origin, expires_at_ms: now_ms().saturating_add(ttl_ms) };
         self.store.put(digest(&ticket), stored, self.ttl, self.per_principal).await?;
         Ok(ticket)
     }
@@ -69,7 +69,7 @@ impl Tickets {
         {
             return Err(invalid("the ticket was issued to another origin"));
         }
-        Ok(entry.principal.into())
+        Ok(entry.principal)
     }
 
     /// Drop expired tickets (memory backend).

@@ -184,7 +184,7 @@ async fn contract(a: Node, b: Node) {
     // Two concurrent takes of one ticket, on two nodes: exactly one wins.
     for i in 0..10u8 {
         let digest = [i; 32];
-        let principal = agentgate_app::backend::PrincipalRecord {
+        let principal = agentgate_auth::Principal {
             issuer: "local".into(),
             subject: "alice".into(),
             tenant: None,

@@ -32,7 +32,7 @@ pub const API_KEY_ISSUER: &str = "api_key";
 const TYPE_CLAIMS: &[&str] = &["typ", "type", "token_use", "token_type"];
 
 /// Who a verified credential speaks for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Principal {
     /// The issuer: the JWT issuer's configured `name`, or [`API_KEY_ISSUER`] for every
     /// API key. A ticket keeps the issuer of the credential that created it.

@@ -114,7 +114,7 @@ impl TicketStore for MemoryTickets {
         per_principal: usize,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let now = now_ms();
-        let owner = ticket.principal.owner();
+        let owner = Owner::of(&ticket.principal);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.prune(&owner, now);
         let live =
@@ -140,7 +140,7 @@ impl TicketStore for MemoryTickets {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let t = inner.map.remove(&digest);
         if let Some(t) = &t {
-            let owner = t.principal.owner();
+            let owner = Owner::of(&t.principal);
             inner.prune(&owner, now_ms());
         }
         Box::pin(async move { Ok(t) })

@@ -1023,7 +1023,7 @@ impl TicketStore for Handle {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let hexd = hex::encode(digest);
         let key = format!("{}t:{hexd}", self.0.prefix);
-        let owner_key = format!("{}towner:{}", self.0.prefix, owner_digest(&ticket.principal.owner()));
+        let owner_key = format!("{}towner:{}", self.0.prefix, owner_digest(&Owner::of(&ticket.principal)));
         let value = serde_json::to_string(&ticket).unwrap_or_default();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         Box::pin(async move {
@@ -1055,7 +1055,7 @@ impl TicketStore for Handle {
             let ticket: Option<StoredTicket> = v.and_then(|v| serde_json::from_str(&v).ok());
             if let Some(t) = &ticket {
                 // A used ticket frees its principal's place.
-                let owner_key = format!("{}towner:{}", self.0.prefix, owner_digest(&t.principal.owner()));
+                let owner_key = format!("{}towner:{}", self.0.prefix, owner_digest(&Owner::of(&t.principal)));
                 let member = hex::encode(digest);
                 let _ = self
                     .0
