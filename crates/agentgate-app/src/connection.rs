@@ -9,15 +9,18 @@ use std::time::Duration;
 
 use agentgate_auth::Principal;
 use agentgate_protocol::{ClientMessage, ErrorCode, PROTOCOL_V1, PrincipalInfo, Reply, Welcome};
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::limits::Slot;
 use crate::runs::RunStatus;
-use crate::session::{Holder, Owner, Subscription};
+use crate::session::{Delivery, Holder, Owner, Subscription};
 use crate::state::AppState;
 use crate::telemetry;
+use crate::upgrade::Socket;
 use std::net::IpAddr;
 
 /// Events queued for one connection before it counts as a slow consumer.
@@ -56,126 +59,156 @@ pub(crate) enum End {
     Gone,
 }
 
-/// The life of one upgraded connection. A plain function returning an `async move`
-/// block, not an `async fn`: an `async fn` keeps a second copy of every argument in
-/// its state, and this state is what each idle connection costs.
-#[allow(clippy::manual_async_fn)] // deliberate: see above (measured in docs/performance.md)
+/// The life of one upgraded connection: opening (first-message auth, attaching the
+/// session, the welcome and the replay), then the live loop, then the close.
+///
+/// Opening runs in its own heap allocation, freed when it ends; the future returned
+/// here then holds exactly a [`Live`] connection and its loop. This state is what
+/// each idle connection costs, so nothing transient is kept in it (measured in
+/// docs/performance.md).
 pub(crate) fn run(
     app: Arc<AppState>,
-    mut socket: WebSocket,
+    socket: Socket,
     start: Start,
     remote: SocketAddr,
     request_id: String,
 ) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let _gauge = crate::metrics::ConnectionGauge::open();
-        let Some(_tracked) = app.track_connection() else {
-            close(&mut socket, ErrorCode::ServerRestart).await;
-            return;
-        };
-        let (principal, resume, resumable, _slots) = match start {
-            Start::Authenticated { principal, resume, resumable, slots } => (*principal, resume, resumable, slots),
-            Start::AwaitAuth { resume, ip_slot } => {
-                // Boxed: first-message auth is the rare path; its state should not size
-                // every connection's task.
-                match Box::pin(await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot)).await {
-                    Some(x) => x,
-                    None => return,
-                }
-            }
-        };
-        let conn_id = app.next_conn_id();
-        let holder = Holder { node: app.node_id.clone(), conn_id };
-        let opened = Subscription::open(
-            &app.backend,
-            Arc::clone(&app.hub),
-            holder,
-            &Owner::of(&principal),
-            resume,
-            resumable,
-            OUTBOUND_QUEUE,
-        )
-        .await;
-        let (mut sub, opened) = match opened {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(conn_id, request_id = %request_id, error = %e, "cannot attach a session");
-                let code = match e {
-                    crate::session::StoreError::SessionLimit(_) => ErrorCode::TooManyConnections,
-                    _ => ErrorCode::ServiceUnavailable,
-                };
-                close(&mut socket, code).await;
-                return;
-            }
-        };
-        let session_id = opened.session_id.clone();
-        tracing::info!(
-            conn_id,
-            request_id = %request_id,
-            session_id = %session_id,
-            subject = %principal.subject,
-            via = %principal.via,
-            token_fp = %principal.token_fp,
-            remote = %remote,
-            resumed = opened.resumed,
-            replayed = opened.replay.len(),
-            "connection accepted"
-        );
-        let welcome = Welcome {
-            ty: "welcome",
-            protocol: PROTOCOL_V1,
-            session_id: session_id.clone(),
-            resumed: opened.resumed,
-            resume_error: opened.resume_error,
-            first_seq: opened.first_seq,
-            principal: PrincipalInfo {
-                subject: principal.subject.clone(),
-                tenant: principal.tenant.clone(),
-                scopes: principal.scopes.clone(),
-                via: principal.via.clone(),
-            },
-            expires_at: principal.expires_at,
-            heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
-        };
-        let end = {
-            let interrupts = crate::interrupts::Interrupts::new(&app);
-            let mut conn =
-                Conn { app: &app, socket: &mut socket, sub: &mut sub, principal, conn_id, interrupts, ended: None };
-            // Boxed: the welcome and replay run once; their state should not size every
-            // idle connection's task.
-            match Box::pin(conn.welcome(welcome, opened.replay, opened.resumed)).await {
-                Ok(()) => conn.serve().await,
-                Err(end) => end,
-            }
-        };
-        sub.close().await;
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
+    Box::pin(open(app, socket, start, remote, request_id)).then(|live| match live {
+        Some(live) => Either::Left(live.serve()),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// Authenticate (first-message auth), attach the session and send the welcome and the
+/// replay; `None` when the connection ended meanwhile (it is closed then).
+async fn open(
+    app: Arc<AppState>,
+    mut socket: Socket,
+    start: Start,
+    remote: SocketAddr,
+    request_id: String,
+) -> Option<Live> {
+    let gauge = crate::metrics::ConnectionGauge::open();
+    let Some(tracked) = app.track_connection() else {
+        close(&mut socket, ErrorCode::ServerRestart).await;
+        return None;
+    };
+    let (principal, resume, resumable, slots) = match start {
+        Start::Authenticated { principal, resume, resumable, slots } => (principal, resume, resumable, slots),
+        Start::AwaitAuth { resume, ip_slot } => {
+            let (p, resume, resumable, slots) =
+                await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot).await?;
+            (Box::new(p), resume, resumable, slots)
+        }
+    };
+    let conn_id = app.next_conn_id();
+    let holder = Holder { node: app.node_id.clone(), conn_id };
+    let opened = Subscription::open(
+        &app.backend,
+        Arc::clone(&app.hub),
+        holder,
+        &Owner::of(&principal),
+        resume,
+        resumable,
+        OUTBOUND_QUEUE,
+    )
+    .await;
+    let (sub, opened) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(conn_id, request_id = %request_id, error = %e, "cannot attach a session");
+            let code = match e {
+                crate::session::StoreError::SessionLimit(_) => ErrorCode::TooManyConnections,
+                _ => ErrorCode::ServiceUnavailable,
+            };
+            close(&mut socket, code).await;
+            return None;
+        }
+    };
+    tracing::info!(
+        conn_id,
+        request_id = %request_id,
+        session_id = %opened.session_id,
+        subject = %principal.subject,
+        via = %principal.via,
+        token_fp = %principal.token_fp,
+        remote = %remote,
+        resumed = opened.resumed,
+        replayed = opened.replay.len(),
+        "connection accepted"
+    );
+    let welcome = Welcome {
+        ty: "welcome",
+        protocol: PROTOCOL_V1,
+        session_id: opened.session_id,
+        resumed: opened.resumed,
+        resume_error: opened.resume_error,
+        first_seq: opened.first_seq,
+        principal: PrincipalInfo {
+            subject: principal.subject.clone(),
+            tenant: principal.tenant.clone(),
+            scopes: principal.scopes.clone(),
+            via: principal.via.clone(),
+        },
+        expires_at: principal.expires_at,
+        heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
+    };
+    let interrupts = crate::interrupts::Interrupts::new(&app);
+    let mut live =
+        Live { app, socket, sub, principal, conn_id, interrupts, ended: None, _guards: (gauge, tracked, slots) };
+    match live.welcome(welcome, opened.replay, opened.resumed).await {
+        Ok(()) => Some(live),
+        Err(end) => {
+            live.finish(end).await;
+            None
+        }
+    }
+}
+
+/// A live connection: everything it holds for its life.
+struct Live {
+    app: Arc<AppState>,
+    socket: Socket,
+    sub: Subscription,
+    principal: Box<Principal>,
+    conn_id: u64,
+    interrupts: crate::interrupts::Interrupts,
+    /// Why the last failed send ended the connection.
+    ended: Option<End>,
+    /// The open-connection gauge, the shutdown tracker and the places in the per-IP
+    /// and per-principal counts, released when the connection ends.
+    _guards: (crate::metrics::ConnectionGauge, crate::state::Tracked, Slots),
+}
+
+impl Live {
+    /// The live loop, then the close.
+    #[allow(clippy::manual_async_fn)] // deliberate: an `async fn` keeps a second copy of `self`
+    fn serve(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let end = self.serve_loop().await;
+            self.finish(end).await;
+        }
+    }
+
+    /// Detach the session, then close the socket as `end` says.
+    async fn finish(&mut self, end: End) {
+        self.sub.close().await;
+        let (conn_id, session_id) = (self.conn_id, self.sub.session_id());
         match end {
             End::Close(code) => {
                 tracing::info!(conn_id, session_id = %session_id, reason = code.as_str(), "connection closed by server");
-                close(&mut socket, code).await;
+                close(&mut self.socket, code).await;
             }
             End::ClientClosed => {
                 // tungstenite queued the answering close frame; flushing sends it.
-                let _ = tokio::time::timeout(CLOSE_WRITE, futures_util::SinkExt::flush(&mut socket)).await;
+                let _ = tokio::time::timeout(CLOSE_WRITE, self.socket.flush()).await;
                 tracing::debug!(conn_id, session_id = %session_id, "connection closed by client");
             }
             End::Gone => tracing::debug!(conn_id, session_id = %session_id, "connection lost"),
         }
     }
-}
-
-struct Conn<'a> {
-    app: &'a Arc<AppState>,
-    socket: &'a mut WebSocket,
-    sub: &'a mut Subscription,
-    principal: Principal,
-    conn_id: u64,
-    interrupts: crate::interrupts::Interrupts,
-    /// Why the last failed send ended the connection.
-    ended: Option<End>,
-}
-
-impl Conn<'_> {
     /// The welcome, then the replay, each write bounded like every other.
     async fn welcome(
         &mut self,
@@ -194,28 +227,58 @@ impl Conn<'_> {
 
     /// Send one frame within `server.write_timeout_s`; shutdown, revocation and
     /// expiry still close the connection on time while the write is blocked.
-    async fn send(&mut self, msg: Message) -> Result<(), End> {
+    fn send(&mut self, msg: Message) -> impl std::future::Future<Output = Result<(), End>> + Send + '_ {
         let (_, expire_at) = self.expiry_deadlines();
-        self.interrupts.send(self.app, &self.principal, expire_at, self.socket, msg).await
+        self.interrupts.send(&self.app, &self.principal, expire_at, &mut self.socket, msg)
     }
 
-    async fn serve(&mut self) -> End {
-        let limiter = message_limiter(self.app);
+    async fn serve_loop(&mut self) -> End {
+        let limiter = message_limiter(&self.app);
         let heartbeat = self.app.config.server.heartbeat;
-        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        let mut next_ping = Instant::now() + heartbeat;
         let mut last_seen = Instant::now();
         let mut warned = false;
+        // One timer for the heartbeat, the expiry warning and the expiry itself.
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
         loop {
             let (warn_at, expire_at) = self.expiry_deadlines();
+            let warn_at = warn_at.filter(|_| !warned);
+            let due = [warn_at, expire_at].into_iter().flatten().fold(next_ping, Instant::min);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
                 biased;
-                code = self.interrupts.wait(self.app, &self.principal, expire_at) => return End::Close(code),
-                changed = self.sub.kicked.changed() => {
-                    let code = if changed.is_ok() { *self.sub.kicked.borrow() } else { None };
-                    return End::Close(code.unwrap_or(ErrorCode::InternalError));
+                code = self.interrupts.signalled(&self.app, &self.principal) => return End::Close(code),
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if expire_at.is_some_and(|at| now >= at) {
+                        return End::Close(ErrorCode::TokenExpired);
+                    }
+                    if warn_at.is_some_and(|at| now >= at) {
+                        warned = true;
+                        // Boxed: rare, and a reply's state is large.
+                        if let Some(exp) = self.principal.expires_at
+                            && !Box::pin(self.reply(Reply::AuthExpiring { expires_at: exp })).await
+                        {
+                            return self.ended.take().unwrap_or(End::Gone);
+                        }
+                    }
+                    if now >= next_ping {
+                        next_ping = now + heartbeat;
+                        if last_seen.elapsed() >= heartbeat * DEAD_AFTER_HEARTBEATS {
+                            tracing::info!(conn_id = self.conn_id, "peer silent for {} heartbeats; closing", DEAD_AFTER_HEARTBEATS);
+                            return End::Gone;
+                        }
+                        if let Err(end) = self.send(Message::Ping(Default::default())).await {
+                            return end;
+                        }
+                    }
                 }
-                event = self.sub.events.recv() => match event {
-                    Some(event) => {
+                delivery = self.sub.next() => match delivery {
+                    Delivery::Kicked(code) => return End::Close(code),
+                    Delivery::Event(event) => {
                         for event in self.sub.accept(event).await {
                             if let Err(end) = self.send(Message::Text(event.text.as_ref().to_owned().into())).await {
                                 return end;
@@ -224,9 +287,8 @@ impl Conn<'_> {
                             crate::metrics::event_delivered(&event.text);
                         }
                     }
-                    None => return End::Close(ErrorCode::SlowConsumer),
                 },
-                frame = self.socket.recv() => {
+                frame = self.socket.next() => {
                     last_seen = Instant::now();
                     match inbound(frame, self.app.config.server.max_message_bytes, &limiter) {
                         Inbound::Text(text) => {
@@ -238,23 +300,6 @@ impl Conn<'_> {
                         }
                         Inbound::Control => {}
                         Inbound::End(end) => return end,
-                    }
-                }
-                () = sleep_until_opt(warn_at), if !warned => {
-                    warned = true;
-                    if let Some(exp) = self.principal.expires_at
-                        && !self.reply(Reply::AuthExpiring { expires_at: exp }).await
-                    {
-                        return self.ended.take().unwrap_or(End::Gone);
-                    }
-                }
-                _ = ping.tick() => {
-                    if last_seen.elapsed() >= heartbeat * DEAD_AFTER_HEARTBEATS {
-                        tracing::info!(conn_id = self.conn_id, "peer silent for {} heartbeats; closing", DEAD_AFTER_HEARTBEATS);
-                        return End::Gone;
-                    }
-                    if let Err(end) = self.send(Message::Ping(Default::default())).await {
-                        return end;
                     }
                 }
             }
@@ -314,7 +359,7 @@ impl Conn<'_> {
                     return Some(End::Close(ErrorCode::PrincipalMismatch));
                 }
                 let expires_at = p.expires_at;
-                self.principal = p;
+                *self.principal = p;
                 *warned = false;
                 self.reply(Reply::AuthRefreshed { expires_at }).await
             }
@@ -384,7 +429,7 @@ fn unavailable(r#ref: Option<serde_json::Value>, e: &crate::session::StoreError)
 /// the deadline. Returns the principal and resume target, or closes and returns `None`.
 async fn await_auth(
     app: &Arc<AppState>,
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     resume: Option<(String, u64)>,
     remote: SocketAddr,
     request_id: &str,
@@ -397,7 +442,7 @@ async fn await_auth(
             close(socket, ErrorCode::ServerRestart).await;
             return None;
         }
-        r = tokio::time::timeout(deadline, socket.recv()) => r,
+        r = tokio::time::timeout(deadline, socket.next()) => r,
     };
     let fail = |code: ErrorCode, message: String, fp: Option<String>| {
         crate::error::Rejection::new(code, message, request_id).with_token_fp(fp)
@@ -456,7 +501,7 @@ async fn await_auth(
 /// A client frame, checked for what every endpoint refuses alike.
 pub(crate) enum Inbound {
     /// A text frame within the size and rate limits.
-    Text(axum::extract::ws::Utf8Bytes),
+    Text(tungstenite::Utf8Bytes),
     /// A ping or pong (answered by the WebSocket layer).
     Control,
     /// The connection ends: oversize (1009), rate (4429), binary (4400), the
@@ -475,7 +520,11 @@ pub(crate) fn message_limiter(app: &AppState) -> MessageLimiter {
 }
 
 /// Classify a received frame.
-pub(crate) fn inbound(frame: Option<Result<Message, axum::Error>>, max: usize, limiter: &MessageLimiter) -> Inbound {
+pub(crate) fn inbound(
+    frame: Option<Result<Message, tungstenite::Error>>,
+    max: usize,
+    limiter: &MessageLimiter,
+) -> Inbound {
     match frame {
         Some(Ok(Message::Text(text))) => {
             if text.len() > max {
@@ -488,18 +537,12 @@ pub(crate) fn inbound(frame: Option<Result<Message, axum::Error>>, max: usize, l
         }
         Some(Ok(Message::Binary(data))) if data.len() > max => Inbound::End(End::Close(ErrorCode::MessageTooLarge)),
         Some(Ok(Message::Binary(_))) => Inbound::End(End::Close(ErrorCode::ProtocolError)),
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Inbound::Control,
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Inbound::Control,
         Some(Ok(Message::Close(_))) => Inbound::End(End::ClientClosed),
         None => Inbound::End(End::Gone),
-        Some(Err(e)) => {
-            // The library refuses frames above twice the limit on its own.
-            let text = e.to_string();
-            if text.contains("too long") || text.contains("Space limit") {
-                Inbound::End(End::Close(ErrorCode::MessageTooLarge))
-            } else {
-                Inbound::End(End::Gone)
-            }
-        }
+        // The library refuses frames above twice the limit on its own.
+        Some(Err(tungstenite::Error::Capacity(_))) => Inbound::End(End::Close(ErrorCode::MessageTooLarge)),
+        Some(Err(_)) => Inbound::End(End::Gone),
     }
 }
 
@@ -515,8 +558,8 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
 /// briefly for the client's close (750 ms in all). A close that cannot be written
 /// within [`CLOSE_WRITE`] (a client that stopped reading) is given up: the connection
 /// is dropped, so revocation and expiry end it on time.
-pub(crate) async fn close(socket: &mut WebSocket, code: ErrorCode) {
-    let frame = CloseFrame { code: code.close_code(), reason: code.close_reason().into() };
+pub(crate) async fn close(socket: &mut Socket, code: ErrorCode) {
+    let frame = CloseFrame { code: code.close_code().into(), reason: code.close_reason().into() };
     // Writing our close and reading the client's share one deadline, so a client that
     // stopped reading is gone within it (revocation: closed within 1 s).
     let deadline = Instant::now() + CLOSE_WRITE + CLOSE_WRITE / 2;
@@ -526,9 +569,9 @@ pub(crate) async fn close(socket: &mut WebSocket, code: ErrorCode) {
 }
 
 /// Read until the peer's close frame (or end of stream), at most [`CLOSE_DRAIN`].
-pub(crate) async fn drain_after_close(socket: &mut WebSocket) {
+pub(crate) async fn drain_after_close(socket: &mut Socket) {
     let _ = tokio::time::timeout(CLOSE_DRAIN, async {
-        while let Some(Ok(msg)) = socket.recv().await {
+        while let Some(Ok(msg)) = socket.next().await {
             if matches!(msg, Message::Close(_)) {
                 break;
             }

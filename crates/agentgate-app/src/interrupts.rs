@@ -6,16 +6,20 @@
 //! revocation, expiry or shutdown (PROTOCOL.md sections 5, 8 and 10).
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentgate_auth::{Principal, Revocations};
 use agentgate_protocol::ErrorCode;
-use axum::extract::ws::{Message, WebSocket};
+use futures_util::{Sink, SinkExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::connection::{End, sleep_until_opt};
 use crate::state::AppState;
+use crate::upgrade::Socket;
 
 /// When a live credential expiring at `exp` (Unix seconds) closes its connection
 /// 4401 `token_expired`: the instant `agentgate_auth::is_expired` turns true. `None`
@@ -30,22 +34,22 @@ pub(crate) fn instant_at(unix: i64) -> Instant {
     Instant::now() + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
-/// The signals one connection watches.
+/// The signals one connection watches: one channel, poked when the revocation list
+/// changes and when the node starts shutting down.
 #[derive(Debug)]
 pub(crate) struct Interrupts {
-    shutdown: watch::Receiver<bool>,
-    revoked: watch::Receiver<u64>,
+    node: watch::Receiver<u64>,
     write_timeout: Duration,
 }
 
 impl Interrupts {
-    /// Watch `app`'s shutdown flag and revocation list.
+    /// Watch `app`'s revocation list and shutdown.
     pub(crate) fn new(app: &AppState) -> Self {
-        Self {
-            shutdown: app.shutdown_rx(),
-            revoked: app.revocations.subscribe(),
-            write_timeout: app.config.server.write_timeout,
+        let mut node = app.revocations.subscribe();
+        if app.is_shutting_down() {
+            node.mark_changed();
         }
+        Self { node, write_timeout: app.config.server.write_timeout }
     }
 
     /// Completes with the code that closes the connection now: shutdown, `principal`
@@ -58,9 +62,24 @@ impl Interrupts {
     ) -> ErrorCode {
         tokio::select! {
             biased;
-            () = crate::shutdown::wait(&mut self.shutdown) => ErrorCode::ServerRestart,
-            () = revoked(&mut self.revoked, app, principal) => ErrorCode::TokenRevoked,
+            code = self.signalled(app, principal) => code,
             () = sleep_until_opt(expire_at) => ErrorCode::TokenExpired,
+        }
+    }
+
+    /// Completes with the code of a node-wide signal that closes the connection:
+    /// shutdown, or `principal` revoked. Cancel-safe. (Expiry is the caller's timer.)
+    pub(crate) async fn signalled(&mut self, app: &AppState, principal: &Principal) -> ErrorCode {
+        loop {
+            if self.node.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if app.is_shutting_down() {
+                return ErrorCode::ServerRestart;
+            }
+            if app.revocations.is_revoked(principal.jti.as_deref(), &principal.subject, principal.issued_at) {
+                return ErrorCode::TokenRevoked;
+            }
         }
     }
 
@@ -84,19 +103,52 @@ impl Interrupts {
 
     /// Send one frame within `server.write_timeout_s`, unless an interrupt comes first.
     ///
+    /// A frame usually goes to the kernel at once ([`write_now`]): that path arms no
+    /// timer, races nothing and its future is two words. Only a write that would block
+    /// takes the slow path (boxed: its state, timers included, should not size every
+    /// connection's task).
+    ///
     /// # Errors
     /// How the connection ends: the interrupt's code, `slow_consumer` when the frame
     /// could not be written in time, or gone when the socket failed.
-    pub(crate) async fn send(
+    pub(crate) fn send<'a>(
+        &'a mut self,
+        app: &'a AppState,
+        principal: &'a Principal,
+        expire_at: Option<Instant>,
+        socket: &'a mut Socket,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), End>> + Send + 'a {
+        use futures_util::future::Either;
+        match write_now(socket, msg) {
+            Now::Done => Either::Left(std::future::ready(Ok(()))),
+            Now::Failed => Either::Left(std::future::ready(Err(End::Gone))),
+            Now::Blocked(msg) => Either::Right(Box::pin(async move {
+                let write = async move {
+                    match msg {
+                        Some(msg) => SinkExt::send(socket, msg).await,
+                        None => SinkExt::flush(socket).await,
+                    }
+                };
+                self.bounded(app, principal, expire_at, write).await
+            })),
+        }
+    }
+
+    /// Finish a blocked write within `server.write_timeout_s`, unless an interrupt
+    /// comes first.
+    async fn bounded<F, E>(
         &mut self,
         app: &AppState,
         principal: &Principal,
         expire_at: Option<Instant>,
-        socket: &mut WebSocket,
-        msg: Message,
-    ) -> Result<(), End> {
+        write: F,
+    ) -> Result<(), End>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
         let timeout = self.write_timeout;
-        match self.race(app, principal, expire_at, tokio::time::timeout(timeout, socket.send(msg))).await {
+        match self.race(app, principal, expire_at, tokio::time::timeout(timeout, write)).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(_))) => Err(End::Gone),
             Ok(Err(_elapsed)) => Err(End::Close(ErrorCode::SlowConsumer)),
@@ -105,14 +157,32 @@ impl Interrupts {
     }
 }
 
-/// Completes once the revocation list changes so that `principal` is revoked.
-async fn revoked(rx: &mut watch::Receiver<u64>, app: &AppState, principal: &Principal) {
-    loop {
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        if app.revocations.is_revoked(principal.jti.as_deref(), &principal.subject, principal.issued_at) {
-            return;
-        }
+/// What an immediate write did.
+enum Now {
+    /// The frame is in the kernel's buffer.
+    Done,
+    /// The socket failed.
+    Failed,
+    /// The write would block: the frame is still to send (`Some`), or buffered and
+    /// waiting to be flushed (`None`).
+    Blocked(Option<Message>),
+}
+
+/// Try to write a frame now, without waiting. A blocked write registers no waker
+/// here (the slow path polls again with the task's own).
+fn write_now(socket: &mut Socket, msg: Message) -> Now {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(&mut *socket).poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(_)) => return Now::Failed,
+        Poll::Pending => return Now::Blocked(Some(msg)),
+    }
+    if Pin::new(&mut *socket).start_send(msg).is_err() {
+        return Now::Failed;
+    }
+    match Pin::new(&mut *socket).poll_flush(&mut cx) {
+        Poll::Ready(Ok(())) => Now::Done,
+        Poll::Ready(Err(_)) => Now::Failed,
+        Poll::Pending => Now::Blocked(None),
     }
 }

@@ -52,6 +52,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tickets;
 pub mod tls;
+mod upgrade;
 
 pub use config::{Config, ConfigError, Env};
 pub use error::Rejection;

@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentgate_auth::Principal;
-use agentgate_protocol::{ErrorCode, MCP_SUBPROTOCOL, id};
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, header::ORIGIN};
+use agentgate_protocol::{ErrorCode, MCP_SUBPROTOCOL};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -31,6 +30,8 @@ use crate::limits::Slot;
 use crate::routes;
 use crate::session::Owner;
 use crate::state::AppState;
+use crate::upgrade::Socket;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Time allowed to write one message to the server's stdin.
 const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,23 +51,18 @@ pub(crate) struct Admitted {
     _processes: (Slot<()>, Slot<Owner>),
 }
 
-/// `GET /v1/mcp/{server}`.
+/// `GET /v1/mcp/{server}` through hyper (see `routes::agent_ws`).
 pub(crate) async fn mcp_ws(
     State(app): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(server): Path<String>,
-    Query(query): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: axum::extract::Request,
 ) -> Response {
-    let request_id = id::request_id();
-    let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
-    let decision = decide(&app, &server, &headers, &query, origin.as_deref(), remote, &request_id).await;
-    routes::respond(&app, decision, ws.ok(), &headers, remote, request_id, relay)
+    routes::ws_via_hyper(app, crate::upgrade::Target::Mcp(server), remote, req).await
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn decide(
+pub(crate) async fn decide(
     app: &AppState,
     server: &str,
     headers: &HeaderMap,
@@ -134,7 +130,13 @@ async fn decide(
     Ok(Admitted { principal, server: config.clone(), _slots: (ip_slot, principal_slot), _processes: (total, mine) })
 }
 
-async fn relay(app: Arc<AppState>, mut socket: WebSocket, admitted: Admitted, remote: SocketAddr, request_id: String) {
+pub(crate) async fn relay(
+    app: Arc<AppState>,
+    mut socket: Socket,
+    admitted: Admitted,
+    remote: SocketAddr,
+    request_id: String,
+) {
     let _gauge = crate::metrics::ConnectionGauge::open();
     let Some(_tracked) = app.track_connection() else {
         connection::close(&mut socket, ErrorCode::ServerRestart).await;
@@ -192,7 +194,7 @@ async fn relay(app: Arc<AppState>, mut socket: WebSocket, admitted: Admitted, re
     log_stderr.abort();
 }
 
-async fn close_client(socket: &mut WebSocket, end: End, conn_id: u64, server: &str) {
+async fn close_client(socket: &mut Socket, end: End, conn_id: u64, server: &str) {
     match end {
         End::Close(code) => {
             tracing::info!(conn_id, server = %server, reason = code.as_str(), "MCP connection closed by server");
@@ -208,7 +210,7 @@ async fn close_client(socket: &mut WebSocket, end: End, conn_id: u64, server: &s
 
 async fn pump(
     app: &AppState,
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     mut stdin: ChildStdin,
     mut stdout: FramedRead<tokio::process::ChildStdout, AnyDelimiterCodec>,
     principal: &Principal,
@@ -243,7 +245,7 @@ async fn pump(
                     return End::Close(ErrorCode::McpServerFailed);
                 }
             },
-            frame = socket.recv() => match connection::inbound(frame, max, &limiter) {
+            frame = socket.next() => match connection::inbound(frame, max, &limiter) {
                 Inbound::Text(text) => {
                     if text.as_str().contains('\n') {
                         return End::Close(ErrorCode::ProtocolError);

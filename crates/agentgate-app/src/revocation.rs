@@ -88,6 +88,12 @@ impl RevocationList {
         true
     }
 
+    /// Wake every watcher to re-check, without a change to the list: the node's
+    /// shutdown does this, so that a live connection watches one channel for both.
+    pub fn poke(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     /// Watch for changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()

@@ -1,29 +1,28 @@
 //! HTTP routes: the agent WebSocket's pre-upgrade decisions, and health endpoints.
 //!
-//! Everything decidable from the request is decided here, before the upgrade, in the
-//! contract's order: `Origin`, credentials (ambiguity, verification, anonymity), then
-//! resume ownership. A refusal is delivered by `reject` as HTTP or as an immediate
-//! close, per `server.failure_mode`.
+//! Everything decidable from the request is decided here ([`decide`]), before the
+//! upgrade, in the contract's order: `Origin`, credentials (ambiguity, verification,
+//! anonymity), then resume ownership. [`crate::upgrade::answer`] turns the decision
+//! into the 101 or the refusal (HTTP, or an immediate close per
+//! `server.failure_mode`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use agentgate_protocol::{ErrorCode, PROTOCOL_V1, id};
+use agentgate_protocol::ErrorCode;
 use axum::Router;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header::ORIGIN};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use crate::admission;
-use crate::config::FailureMode;
-use crate::connection::{self, Start};
+use crate::connection::Start;
 use crate::credentials::{self, Endpoint, Found};
 use crate::error::Rejection;
 use crate::state::AppState;
-use crate::telemetry;
+use crate::upgrade::{self, Target};
 
 /// The router of the main listener (with `/metrics` unless `server.metrics_listen`
 /// moves it).
@@ -89,61 +88,37 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// `GET /v1/ws`.
+/// `GET /v1/ws` through hyper: a request that is not a WebSocket upgrade (refused
+/// `protocol_error` after the decisions), or an upgrade on a keep-alive connection.
+/// A connection's first upgrade is served on the raw stream ([`crate::upgrade`]).
 async fn agent_ws(
     State(app): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    Query(query): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    req: axum::extract::Request,
 ) -> Response {
-    let request_id = id::request_id();
-    let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
-    let started = std::time::Instant::now();
-    let decision = decide(&app, &headers, &query, origin.as_deref(), remote, &request_id).await;
-    crate::metrics::handshake_decided(started.elapsed(), decision.is_ok());
-    respond(&app, decision, ws.ok(), &headers, remote, request_id, connection::run)
+    ws_via_hyper(app, Target::Agent, remote, req).await
 }
 
-/// Turn a pre-upgrade decision into the response: the upgrade, handing what was
-/// decided to `serve`, or the rejection (also when the request is not a WebSocket
-/// upgrade at all).
-pub(crate) fn respond<T, F, Fut>(
-    app: &Arc<AppState>,
-    decision: Result<T, Rejection>,
-    ws: Option<WebSocketUpgrade>,
-    headers: &HeaderMap,
+/// Decide and answer a WebSocket request that came through hyper.
+pub(crate) async fn ws_via_hyper(
+    app: Arc<AppState>,
+    target: Target,
     remote: SocketAddr,
-    request_id: String,
-    serve: F,
-) -> Response
-where
-    T: Send + 'static,
-    F: FnOnce(Arc<AppState>, axum::extract::ws::WebSocket, T, SocketAddr, String) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let has_origin = headers.contains_key(ORIGIN);
-    match (decision, ws) {
-        (Ok(decided), Some(ws)) => {
-            let ws = configure(app, ws, headers);
-            let app = Arc::clone(app);
-            ws.on_upgrade(move |socket| serve(app, socket, decided, remote, request_id))
-        }
-        (Ok(_), None) => {
-            let r = Rejection::new(
-                ErrorCode::ProtocolError,
-                "this endpoint speaks WebSocket only; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
-                &request_id,
-            );
-            reject(app, r, None, has_origin, remote, headers)
-        }
-        (Err(r), ws) => reject(app, r, ws, has_origin, remote, headers),
-    }
+    mut req: axum::extract::Request,
+) -> Response {
+    let on_upgrade = if req.method() == axum::http::Method::GET {
+        req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let query = upgrade::parse_query(req.uri().query());
+    let answer = upgrade::answer(&app, &target, req.headers(), &query, remote, on_upgrade.is_some()).await;
+    upgrade::hyper_answer(app, answer, on_upgrade, remote)
 }
 
 /// The pre-upgrade decisions, in the contract's order; `Ok` carries what the
 /// connection starts with, holding its places in the connection counts.
-async fn decide(
+pub(crate) async fn decide(
     app: &AppState,
     headers: &HeaderMap,
     query: &[(String, String)],
@@ -193,58 +168,4 @@ fn resume_params(query: &[(String, String)]) -> Result<Option<(String, u64)>, St
         Some((_, v)) => v.parse::<u64>().map_err(|_| "last_seq must be a non-negative integer".to_owned())?,
     };
     Ok(sid.map(|s| (s, last)))
-}
-
-/// Buffer sizes and frame limits of an upgrade, and the subprotocol to select:
-/// `agentgate.v1` or `mcp`, whichever the client offered (never a credential entry).
-pub(crate) fn configure(app: &AppState, ws: WebSocketUpgrade, headers: &HeaderMap) -> WebSocketUpgrade {
-    let max = app.config.server.max_message_bytes;
-    let mut ws = ws
-        .read_buffer_size(crate::server::READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
-        // Frames up to twice the limit are read and refused with a clean 1009; the
-        // library refuses anything larger on its own.
-        .max_message_size(max.saturating_mul(2))
-        .max_frame_size(max.saturating_mul(2));
-    let offered = credentials::offered_protocols(headers);
-    if offered.iter().any(|p| p == PROTOCOL_V1) {
-        ws.set_selected_protocol(HeaderValue::from_static(PROTOCOL_V1));
-    } else if offered.iter().any(|p| p == agentgate_protocol::MCP_SUBPROTOCOL) {
-        ws.set_selected_protocol(HeaderValue::from_static(agentgate_protocol::MCP_SUBPROTOCOL));
-    }
-    ws
-}
-
-/// Deliver a rejection: logged once, counted, then HTTP or an immediate close.
-pub(crate) fn reject(
-    app: &AppState,
-    r: Rejection,
-    ws: Option<WebSocketUpgrade>,
-    has_origin: bool,
-    remote: SocketAddr,
-    headers: &HeaderMap,
-) -> Response {
-    telemetry::log_rejection(&r, remote);
-    let as_close = match app.config.server.failure_mode {
-        FailureMode::Http => false,
-        FailureMode::Close => true,
-        FailureMode::Auto => has_origin,
-    };
-    let profile = app.config.server.profile;
-    match ws {
-        Some(ws) if as_close => {
-            let ws = configure(app, ws, headers);
-            let code = r.code;
-            let mut resp = ws.on_upgrade(move |mut socket| async move {
-                // Bounded: a client that does not read cannot hold this task.
-                connection::close(&mut socket, code).await;
-            });
-            if let Ok(v) = HeaderValue::from_str(&r.request_id) {
-                resp.headers_mut().insert("x-request-id", v);
-            }
-            resp
-        }
-        _ => r.into_http(profile),
-    }
 }

@@ -110,13 +110,15 @@ async fn serve_state(
         shutdown.await;
         tracing::info!("shutdown requested: closing connections with 1012 server_restart");
         let _ = trigger_state.shutdown.send(true);
+        // Live connections watch the revocation channel for shutdown too.
+        trigger_state.revocations.poke();
         let _ = stop_tx.send(());
     });
     let transport = Transport {
         tls: tls.as_ref().map(|t| t.acceptor()),
         proxies: Arc::new(state.config.server.trusted_proxies.clone()),
     };
-    accept_loop(listener, app, stop_rx, state.config.server.handshake_timeout, transport).await;
+    accept_loop(listener, app, Arc::clone(&state), stop_rx, state.config.server.handshake_timeout, transport).await;
     // The accept loop has stopped; WebSockets are closing. Wait for them, bounded.
     drop(state.tracker.lock().unwrap_or_else(|p| p.into_inner()).take());
     state.runs.close_drivers();
@@ -149,22 +151,30 @@ struct Transport {
     proxies: Arc<crate::client_ip::TrustedProxies>,
 }
 
-/// Accept connections until `stop` fires, serving each with HTTP/1.1 and upgrades.
-/// Unlike `axum::serve`, this sets a header read timeout (`server.handshake_timeout_ms`,
-/// the slowloris bound, which also bounds the TLS handshake) and a head size cap, and
-/// hands each request its client address as `ConnectInfo` (the TCP peer, or the
-/// address a trusted proxy forwarded; see [`crate::client_ip`]).
+/// What every connection task shares.
+struct Shared {
+    app: axum::Router,
+    state: Arc<AppState>,
+    head_timeout: Duration,
+    transport: Transport,
+}
+
+/// Accept connections until `stop` fires, one task each ([`connection`]). Unlike
+/// `axum::serve`, this bounds the time to the end of the request head
+/// (`server.handshake_timeout_ms`, the slowloris bound, which also bounds the TLS
+/// handshake) and its size, serves a WebSocket upgrade on the raw stream, and hands
+/// each request its client address (the TCP peer, or the address a trusted proxy
+/// forwarded; see [`crate::client_ip`]).
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
+    state: Arc<AppState>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     head_timeout: Duration,
     transport: Transport,
 ) {
-    use axum::extract::ConnectInfo;
-    use tower::ServiceExt;
-
     let (closing, closed) = watch::channel(());
+    let shared = Arc::new(Shared { app, state, head_timeout, transport });
     loop {
         let (stream, remote) = tokio::select! {
             _ = &mut stop => break,
@@ -179,53 +189,97 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxies = Arc::clone(&transport.proxies);
-        let service = app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            let client = proxies.client_addr(remote, req.headers());
-            req.extensions_mut().insert(ConnectInfo(client));
-            req.extensions_mut().insert(crate::client_ip::PeerAddr(remote));
-            req.map(axum::body::Body::new)
-        });
-        let service = hyper_util::service::TowerToHyperService::new(service);
-        let closed = closed.clone();
-        let tls = transport.tls.clone();
-        tokio::spawn(async move {
-            let Some(tls) = tls else { return serve_http(stream, service, head_timeout, closed, remote).await };
-            match tokio::time::timeout(head_timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => serve_http(stream, service, head_timeout, closed, remote).await,
-                Ok(Err(e)) => {
-                    crate::metrics::tls_handshake_failed("error");
-                    tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    crate::metrics::tls_handshake_failed("timeout");
-                    tracing::debug!(remote = %remote, "TLS handshake timed out (server.handshake_timeout_ms)");
-                }
-            }
-        });
+        tokio::spawn(connection(Arc::clone(&shared), stream, remote, closed.clone()));
     }
     drop(closing);
 }
 
+/// One TCP connection, from accept to end, in one task: the [`handshake`], then the
+/// WebSocket it upgraded to, if any. Chained, not nested: once the handshake is done,
+/// its state is gone and the task holds only the connection's.
+fn connection(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    closed: watch::Receiver<()>,
+) -> impl Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
+    handshake(shared, stream, remote, closed).then(|ready| match ready {
+        Some(ready) => Either::Left(ready.serve()),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// TLS, the first request head, then either a WebSocket upgrade on the raw stream
+/// (returned, to be served) or HTTP/1.1 through hyper (served here).
+async fn handshake(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    closed: watch::Receiver<()>,
+) -> Option<crate::upgrade::Ready> {
+    use crate::upgrade::{Head, Io};
+    let io = match &shared.transport.tls {
+        None => Io::Plain(stream),
+        // Boxed: the TLS handshake's state should not size every connection's task.
+        Some(tls) => match Box::pin(tokio::time::timeout(shared.head_timeout, tls.accept(stream))).await {
+            Ok(Ok(stream)) => Io::Tls(Box::new(stream)),
+            Ok(Err(e)) => {
+                crate::metrics::tls_handshake_failed("error");
+                tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                crate::metrics::tls_handshake_failed("timeout");
+                tracing::debug!(remote = %remote, "TLS handshake timed out (server.handshake_timeout_ms)");
+                return None;
+            }
+        },
+    };
+    let mut io = io;
+    let head = tokio::time::timeout(shared.head_timeout, crate::upgrade::read_head(&mut io, MAX_HEAD_BYTES)).await;
+    match head {
+        Ok(Head::WebSocket(req)) => {
+            let client = shared.transport.proxies.client_addr(remote, req.headers());
+            let state = Arc::clone(&shared.state);
+            drop(shared);
+            crate::upgrade::accept_raw(state, io, req, client).await
+        }
+        Ok(Head::Other(prefix)) => {
+            // Boxed: hyper's connection state should not size WebSocket tasks.
+            Box::pin(serve_http(shared, crate::upgrade::Prefixed::new(io, prefix), remote, closed)).await;
+            None
+        }
+        Ok(Head::Closed) => None,
+        Err(_) => {
+            tracing::debug!(remote = %remote, "no request head within server.handshake_timeout_ms");
+            None
+        }
+    }
+}
+
 /// Serve HTTP/1.1 with upgrades on one connection (plain or TLS) until it ends or the
 /// server closes.
-async fn serve_http<IO, S>(
-    io: IO,
-    service: S,
-    head_timeout: Duration,
-    mut closed: watch::Receiver<()>,
-    remote: SocketAddr,
-) where
+async fn serve_http<IO>(shared: Arc<Shared>, io: IO, remote: SocketAddr, mut closed: watch::Receiver<()>)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
-    S::ResBody: Send + 'static,
-    <S::ResBody as hyper::body::Body>::Data: Send,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Future: Send,
 {
+    use axum::extract::ConnectInfo;
     use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let proxies = Arc::clone(&shared.transport.proxies);
+    let service = shared.app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        let client = proxies.client_addr(remote, req.headers());
+        req.extensions_mut().insert(ConnectInfo(client));
+        req.extensions_mut().insert(crate::client_ip::PeerAddr(remote));
+        req.map(axum::body::Body::new)
+    });
+    let service = hyper_util::service::TowerToHyperService::new(service);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).max_buf_size(MAX_HEAD_BYTES);
+    builder.timer(TokioTimer::new()).header_read_timeout(shared.head_timeout).max_buf_size(MAX_HEAD_BYTES);
+    drop(shared);
     // The request head is capped at exactly MAX_HEAD_BYTES, whatever hyper buffers.
     let io = crate::head_limit::HeadLimit::new(io, MAX_HEAD_BYTES);
     let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();

@@ -132,7 +132,7 @@ impl World {
     /// The connection's kick, if any: then the connection closes, as the real one
     /// does before reading anything more.
     async fn close_if_kicked(&mut self) -> Option<ErrorCode> {
-        let kicked = self.conn.as_ref().and_then(|c| *c.sub.kicked.borrow());
+        let kicked = self.conn.as_ref().and_then(|c| c.sub.kicked());
         if kicked.is_some() {
             let conn = self.conn.take().unwrap();
             conn.sub.close().await;
@@ -220,7 +220,7 @@ impl World {
         if let Some(prev) = previous {
             // The old connection is told it was taken over, and its close does not
             // detach the new one.
-            assert_eq!(*prev.sub.kicked.borrow(), Some(ErrorCode::SessionTakenOver));
+            assert_eq!(prev.sub.kicked(), Some(ErrorCode::SessionTakenOver));
             prev.sub.close().await;
         }
     }
@@ -265,7 +265,7 @@ impl World {
         let mut n = 0;
         let mut out = Vec::new();
         while max.is_none_or(|m| n < m) {
-            let Ok(ev) = conn.sub.events.try_recv() else { break };
+            let Some(agentgate_app::session::Delivery::Event(ev)) = conn.sub.try_next() else { break };
             conn.queued -= 1;
             out.extend(conn.sub.accept(ev).await);
             n += 1;

@@ -1,29 +1,120 @@
 //! Local delivery: which connection of this node is attached to which session, and
-//! the bounded queue that feeds it. The store publishes events here (directly in
+//! the bounded [`Mailbox`] that feeds it. The store publishes events here (directly in
 //! memory, through pub/sub with Redis); the hub never blocks: a full queue closes its
 //! connection `slow_consumer`, and the client resumes to get the rest.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use agentgate_protocol::ErrorCode;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::Notify;
 
 use super::store::StoredEvent;
+
+/// One connection's mailbox: the bounded queue of live events for its writer, and the
+/// code that must close it (slow consumer, takeover, ...). It allocates nothing until
+/// an event is queued, and gives the queue's memory back once it is drained: an idle
+/// connection's mailbox is a few words.
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    /// Most events queued at once.
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<StoredEvent>,
+    /// Bytes of the frames queued.
+    bytes: usize,
+    kicked: Option<ErrorCode>,
+}
+
+/// What a connection takes from its mailbox.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The next live event.
+    Event(StoredEvent),
+    /// Close the connection with this code (checked before any queued event).
+    Kicked(ErrorCode),
+}
+
+/// Queues shrink back to nothing when drained past this many slots.
+const KEEP_SLOTS: usize = 8;
+
+impl Mailbox {
+    /// A mailbox holding at most `cap` events (at least one).
+    pub fn new(cap: usize) -> Self {
+        Self { queue: Mutex::new(Queue::default()), notify: Notify::new(), cap: cap.max(1) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue an event without waiting; `false` when the queue is full (`cap` events, or
+    /// `max_bytes` of frames with at least one queued).
+    fn push(&self, event: StoredEvent, max_bytes: usize) -> bool {
+        let mut q = self.lock();
+        let len = event.text.len();
+        if q.events.len() >= self.cap || (q.bytes > 0 && q.bytes.saturating_add(len) > max_bytes) {
+            return false;
+        }
+        q.bytes += len;
+        q.events.push_back(event);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Tell the connection to close with `code` (the first code given wins).
+    pub fn kick(&self, code: ErrorCode) {
+        let mut q = self.lock();
+        if q.kicked.is_none() {
+            q.kicked = Some(code);
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// The code the connection was told to close with, if any.
+    pub fn kicked(&self) -> Option<ErrorCode> {
+        self.lock().kicked
+    }
+
+    /// Take what is due now, without waiting.
+    pub fn try_next(&self) -> Option<Delivery> {
+        let mut q = self.lock();
+        if let Some(code) = q.kicked {
+            return Some(Delivery::Kicked(code));
+        }
+        let event = q.events.pop_front()?;
+        q.bytes = q.bytes.saturating_sub(event.text.len());
+        if q.events.is_empty() && q.events.capacity() > KEEP_SLOTS {
+            q.events = VecDeque::new();
+        }
+        Some(Delivery::Event(event))
+    }
+
+    /// Wait for what is due. Cancel-safe: nothing is taken unless returned.
+    pub async fn next(&self) -> Delivery {
+        loop {
+            if let Some(d) = self.try_next() {
+                return d;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
 
 /// The live link to one connection.
 #[derive(Debug)]
 pub struct Attachment {
     /// Connection id on this node.
     pub conn_id: u64,
-    /// Bounded queue of events for the connection's writer.
-    pub tx: mpsc::Sender<StoredEvent>,
-    /// Tells the connection to close with a code (slow consumer, takeover, ...).
-    pub kick: watch::Sender<Option<ErrorCode>>,
-    /// Bytes of the frames queued and not yet taken by the writer (the subscription
-    /// subtracts what it takes).
-    pub queued: Arc<AtomicUsize>,
+    /// The connection's mailbox (the connection holds the other reference).
+    pub mailbox: Arc<Mailbox>,
 }
 
 /// Sessions attached on this node.
@@ -54,7 +145,7 @@ impl Hub {
     /// is closed `session_taken_over`.
     pub fn attach(&self, session_id: &str, attachment: Attachment) {
         if let Some(old) = self.map().insert(session_id.to_owned(), attachment) {
-            let _ = old.kick.send(Some(ErrorCode::SessionTakenOver));
+            old.mailbox.kick(ErrorCode::SessionTakenOver);
         }
     }
 
@@ -78,7 +169,7 @@ impl Hub {
         if map.get(session_id).is_some_and(|a| Some(a.conn_id) != except_conn)
             && let Some(a) = map.remove(session_id)
         {
-            let _ = a.kick.send(Some(code));
+            a.mailbox.kick(code);
         }
     }
 
@@ -88,7 +179,7 @@ impl Hub {
         if map.get(session_id).is_some_and(|a| a.conn_id == conn_id)
             && let Some(a) = map.remove(session_id)
         {
-            let _ = a.kick.send(Some(code));
+            a.mailbox.kick(code);
         }
     }
 
@@ -98,26 +189,20 @@ impl Hub {
     }
 
     /// Hand an event to the attached connection, if any, without waiting. The bound on
-    /// a connection's queue (events, and bytes) is decided here.
+    /// a connection's queue (events, and bytes) is decided here: a connection whose
+    /// queue is full is closed `slow_consumer`.
     pub fn deliver(&self, session_id: &str, event: StoredEvent) {
         let mut map = self.map();
         let Some(a) = map.get(session_id) else { return };
-        let len = event.text.len();
-        let queued = a.queued.load(Ordering::Relaxed);
-        let over_bytes = queued > 0 && queued.saturating_add(len) > self.queue_bytes;
-        let sent = if over_bytes { Err(mpsc::error::TrySendError::Full(event)) } else { a.tx.try_send(event) };
-        match sent {
-            Ok(()) => {
-                a.queued.fetch_add(len, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if let Some(a) = map.remove(session_id) {
-                    let _ = a.kick.send(Some(ErrorCode::SlowConsumer));
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                map.remove(session_id);
-            }
+        if Arc::strong_count(&a.mailbox) == 1 {
+            // The connection is gone without detaching.
+            map.remove(session_id);
+            return;
+        }
+        if !a.mailbox.push(event, self.queue_bytes)
+            && let Some(a) = map.remove(session_id)
+        {
+            a.mailbox.kick(ErrorCode::SlowConsumer);
         }
     }
 

@@ -5,14 +5,12 @@
 //! this type, so the tests check the code that runs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentgate_protocol::ErrorCode;
-use tokio::sync::{mpsc, watch};
 
 use super::Owner;
 use super::cursor::{Cursor, Step, resume_point};
-use super::hub::{Attachment, Hub};
+use super::hub::{Attachment, Delivery, Hub, Mailbox};
 use super::store::{Holder, SessionStore, StoreError, StoredEvent};
 use crate::backend::{Backend, Signal};
 
@@ -42,11 +40,9 @@ pub struct Subscription {
     hub: Arc<Hub>,
     holder: Holder,
     cursor: Cursor,
-    queued: Arc<AtomicUsize>,
-    /// Live events, in publication order. Receiving is cancel-safe.
-    pub events: mpsc::Receiver<StoredEvent>,
-    /// Set when the connection must close (slow consumer, takeover).
-    pub kicked: watch::Receiver<Option<ErrorCode>>,
+    /// Live events, in publication order, and the code that must close the
+    /// connection (slow consumer, takeover).
+    mailbox: Arc<Mailbox>,
 }
 
 impl Subscription {
@@ -65,10 +61,8 @@ impl Subscription {
         queue: usize,
     ) -> Result<(Self, Opened), StoreError> {
         let store = Arc::clone(&backend.sessions);
-        let (tx, events) = mpsc::channel(queue.max(1));
-        let (kick, kicked) = watch::channel(None);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let mut attachment = Some(Attachment { conn_id: holder.conn_id, tx, kick, queued: Arc::clone(&queued) });
+        let mailbox = Arc::new(Mailbox::new(queue));
+        let mut attachment = Some(Attachment { conn_id: holder.conn_id, mailbox: Arc::clone(&mailbox) });
         let (mut last_seq, mut resume_error) = (0, None);
         let mut session_id = None;
         if let Some((sid, last)) = resume {
@@ -127,13 +121,29 @@ impl Subscription {
             cursor.advance(last.seq);
         }
         let opened = Opened { session_id: session_id.clone(), resumed, resume_error, first_seq, replay };
-        Ok((Self { session_id, store, hub, holder, cursor, queued, events, kicked }, opened))
+        Ok((Self { session_id, store, hub, holder, cursor, mailbox }, opened))
     }
 
     /// The session id.
     #[must_use]
     pub fn session_id(&self) -> &str {
         &self.session_id
+    }
+
+    /// Wait for the next live event or the code that closes the connection.
+    /// Cancel-safe.
+    pub async fn next(&self) -> Delivery {
+        self.mailbox.next().await
+    }
+
+    /// The next live event or close code, without waiting.
+    pub fn try_next(&self) -> Option<Delivery> {
+        self.mailbox.try_next()
+    }
+
+    /// The code the connection was told to close with, if any.
+    pub fn kicked(&self) -> Option<ErrorCode> {
+        self.mailbox.kicked()
     }
 
     /// The last seq delivered on this subscription.
@@ -145,8 +155,6 @@ impl Subscription {
     /// itself when it is the next one, or the missing events (read from the store)
     /// followed by it.
     pub async fn accept(&mut self, event: StoredEvent) -> Vec<StoredEvent> {
-        let len = event.text.len();
-        let _ = self.queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(len)));
         let seq = event.seq;
         match self.cursor.step(seq) {
             Step::Skip => Vec::new(),
@@ -169,7 +177,7 @@ impl Subscription {
     }
 
     /// Detach from the hub and the store; the session's resume window starts.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         self.hub.detach(&self.session_id, self.holder.conn_id);
         if let Err(e) = self.store.detach(&self.session_id, self.holder.clone()).await {
             tracing::warn!(session_id = %self.session_id, error = %e, "could not detach session");

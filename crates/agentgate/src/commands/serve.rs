@@ -17,7 +17,10 @@ pub(crate) fn run(args: ServeArgs) -> u8 {
             return EXIT_FAILURE;
         }
     };
-    runtime.block_on(async move {
+    // The whole server runs as a task on the worker threads, not on this thread's
+    // `block_on`: the accept loop then shares a worker with the connections it spawns
+    // instead of waking another thread for each one.
+    let server = async move {
         let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -40,6 +43,15 @@ pub(crate) fn run(args: ServeArgs) -> u8 {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("agentgate: {e}");
+                EXIT_FAILURE
+            }
+        }
+    };
+    runtime.block_on(async move {
+        match tokio::spawn(server).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("agentgate: the server task failed: {e}");
                 EXIT_FAILURE
             }
         }

@@ -1,0 +1,636 @@
+//! WebSocket upgrades, done on the connection's own stream.
+//!
+//! A new connection's first request head is read here ([`read_head`]). A WebSocket
+//! upgrade for `/v1/ws` or `/v1/mcp/{server}` is decided and answered on the raw
+//! stream ([`serve_raw`]): the `101 Switching Protocols` (or the HTTP refusal) is
+//! written here, and the connection then lives in the same task, with no HTTP machinery
+//! left around it. Every other request (the HTTP APIs, health, metrics, anything
+//! malformed or unusual) goes to hyper and axum with the bytes already read
+//! ([`Prefixed`]); an upgrade that arrives later on such a keep-alive connection is
+//! answered through hyper's upgrade ([`hyper_answer`]). Both paths take the same
+//! decisions ([`answer`]) and run the same connection code ([`serve`]).
+//!
+//! Why: an idle connection then costs one task whose state is the connection itself,
+//! and a handshake costs one head parse instead of hyper's connection, router and
+//! upgrade hand-off (docs/performance.md).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use agentgate_protocol::{ErrorCode, MCP_SUBPROTOCOL, PROTOCOL_V1, id};
+use axum::http::header::{CONNECTION, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::config::FailureMode;
+use crate::connection::{self, Start};
+use crate::credentials;
+use crate::error::Rejection;
+use crate::state::AppState;
+use crate::telemetry;
+
+/// An upgraded connection.
+pub(crate) type Socket = WebSocketStream<Io>;
+
+/// Most headers in a request head handled here; a head with more goes to hyper.
+const MAX_HEADERS: usize = 64;
+
+/// The stream under a WebSocket: a plain or TLS TCP stream, or (rarely) hyper's
+/// upgraded stream.
+#[derive(Debug)]
+pub(crate) enum Io {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: rustls' state is large).
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// An upgrade answered through hyper (a keep-alive connection's later request).
+    Hyper(Box<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $e:expr) => {
+        match $self.get_mut() {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new($io.as_mut());
+                $e
+            }
+            Io::Hyper($io) => {
+                let $io = Pin::new($io.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+            Io::Hyper(io) => io.is_write_vectored(),
+        }
+    }
+}
+
+/// A stream that first yields bytes already read from it (the head read here, handed
+/// to hyper).
+#[derive(Debug)]
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, preceded by `prefix`.
+    pub(crate) fn new(inner: S, prefix: Vec<u8>) -> Self {
+        Self { prefix, at: 0, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Which WebSocket endpoint a request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// `/v1/ws`.
+    Agent,
+    /// `/v1/mcp/{server}`, the server's name percent-decoded.
+    Mcp(String),
+}
+
+/// A WebSocket upgrade request read from the raw stream.
+#[derive(Debug)]
+pub(crate) struct WsRequest {
+    target: Target,
+    headers: HeaderMap,
+    query: Vec<(String, String)>,
+    /// Bytes read after the head (frames the client sent at once).
+    leftover: Vec<u8>,
+}
+
+impl WsRequest {
+    /// The request's headers.
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+/// What the first request head of a connection is.
+#[derive(Debug)]
+pub(crate) enum Head {
+    /// A WebSocket upgrade for an endpoint served on the raw stream.
+    WebSocket(Box<WsRequest>),
+    /// Anything else: the bytes read so far, for hyper.
+    Other(Vec<u8>),
+    /// The peer closed (or the read failed) before a whole head.
+    Closed,
+}
+
+/// Read the first request head (at most `limit` bytes; a longer one goes to hyper,
+/// which answers 431). The caller bounds the time.
+pub(crate) async fn read_head(io: &mut Io, limit: usize) -> Head {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
+        }
+        match classify(&buf) {
+            Some(head) => return head,
+            None if buf.len() >= limit => return Head::Other(buf),
+            None => {}
+        }
+    }
+}
+
+/// `None` while the head is incomplete.
+fn classify(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => return Some(Head::Other(buf.to_vec())),
+    };
+    match websocket_request(&req) {
+        Some((target, query, headers)) => {
+            Some(Head::WebSocket(Box::new(WsRequest { target, headers, query, leftover: buf[len..].to_vec() })))
+        }
+        None => Some(Head::Other(buf.to_vec())),
+    }
+}
+
+/// The parts of a `GET` WebSocket upgrade (HTTP/1.1, no body) for one of our
+/// endpoints; `None` for anything else.
+fn websocket_request(req: &httparse::Request<'_, '_>) -> Option<(Target, Query, HeaderMap)> {
+    if req.method? != "GET" || req.version? != 1 {
+        return None;
+    }
+    let (path, query) = match req.path?.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.path?, None),
+    };
+    let target = target_of(path)?;
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        headers.append(name, value);
+    }
+    let upgrade = headers.get_all(UPGRADE).iter().any(|v| has_token(v, "websocket"));
+    let body = headers.contains_key("transfer-encoding")
+        || headers.get("content-length").is_some_and(|v| v.as_bytes() != b"0");
+    if !upgrade || body {
+        return None;
+    }
+    Some((target, parse_query(query), headers))
+}
+
+fn target_of(path: &str) -> Option<Target> {
+    if path == "/v1/ws" {
+        return Some(Target::Agent);
+    }
+    let name = path.strip_prefix("/v1/mcp/")?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let decoded = percent_encoding::percent_decode_str(name).decode_utf8().ok()?;
+    Some(Target::Mcp(decoded.into_owned()))
+}
+
+/// Query parameters, in order.
+pub(crate) type Query = Vec<(String, String)>;
+
+/// Query parameters, decoded as `application/x-www-form-urlencoded`.
+pub(crate) fn parse_query(query: Option<&str>) -> Query {
+    query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+/// Whether a comma-separated header value holds `token` (case-insensitive).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request (`Connection: upgrade`,
+/// `Upgrade: websocket`, `Sec-WebSocket-Version: 13`), or `None`.
+fn websocket_key(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection = headers.get_all(CONNECTION).iter().any(|v| has_token(v, "upgrade"));
+    let upgrade = headers.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let version = headers.get(SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
+    if connection && upgrade && version { headers.get(SEC_WEBSOCKET_KEY).cloned() } else { None }
+}
+
+/// What a WebSocket request gets.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Switch protocols, then serve.
+    Upgrade(Box<Upgrade>),
+    /// An HTTP response (a refusal before the upgrade).
+    Http(Response),
+}
+
+/// An accepted upgrade: what the 101 says and what follows it.
+#[derive(Debug)]
+pub(crate) struct Upgrade {
+    key: HeaderValue,
+    protocol: Option<&'static str>,
+    request_id: String,
+    then: Then,
+}
+
+/// What follows the 101.
+#[derive(Debug)]
+pub(crate) enum Then {
+    /// An agent connection (`/v1/ws`).
+    Agent(Start),
+    /// An MCP relay (`/v1/mcp/{server}`).
+    Mcp(Box<crate::mcp::Admitted>),
+    /// A refusal delivered as an immediate close (`server.failure_mode`).
+    Close(ErrorCode),
+}
+
+/// Decide a WebSocket request, in the contract's order, and say what it gets.
+/// `upgradable`: whether the transport can switch protocols at all.
+pub(crate) async fn answer(
+    app: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    remote: SocketAddr,
+    upgradable: bool,
+) -> Answer {
+    let request_id = id::request_id();
+    let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
+    let decision = match target {
+        Target::Agent => {
+            let started = std::time::Instant::now();
+            let decision = crate::routes::decide(app, headers, query, origin.as_deref(), remote, &request_id).await;
+            crate::metrics::handshake_decided(started.elapsed(), decision.is_ok());
+            decision.map(Then::Agent)
+        }
+        Target::Mcp(server) => crate::mcp::decide(app, server, headers, query, origin.as_deref(), remote, &request_id)
+            .await
+            .map(|a| Then::Mcp(Box::new(a))),
+    };
+    let key = if upgradable { websocket_key(headers) } else { None };
+    let has_origin = headers.contains_key(ORIGIN);
+    let profile = app.config.server.profile;
+    match (decision, key) {
+        (Ok(then), Some(key)) => {
+            Answer::Upgrade(Box::new(Upgrade { key, protocol: select_protocol(headers), request_id, then }))
+        }
+        (Ok(_), None) => {
+            let r = Rejection::new(
+                ErrorCode::ProtocolError,
+                "this endpoint speaks WebSocket only; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
+                &request_id,
+            );
+            telemetry::log_rejection(&r, remote);
+            Answer::Http(r.into_http(profile))
+        }
+        (Err(r), key) => {
+            telemetry::log_rejection(&r, remote);
+            let as_close = match app.config.server.failure_mode {
+                FailureMode::Http => false,
+                FailureMode::Close => true,
+                FailureMode::Auto => has_origin,
+            };
+            match key {
+                Some(key) if as_close => Answer::Upgrade(Box::new(Upgrade {
+                    key,
+                    protocol: select_protocol(headers),
+                    request_id: r.request_id,
+                    then: Then::Close(r.code),
+                })),
+                _ => Answer::Http(r.into_http(profile)),
+            }
+        }
+    }
+}
+
+/// The subprotocol to select: `agentgate.v1` or `mcp`, whichever the client offered
+/// (never a credential entry).
+fn select_protocol(headers: &HeaderMap) -> Option<&'static str> {
+    let offered = credentials::offered_protocols(headers);
+    if offered.iter().any(|p| p == PROTOCOL_V1) {
+        Some(PROTOCOL_V1)
+    } else if offered.iter().any(|p| p == MCP_SUBPROTOCOL) {
+        Some(MCP_SUBPROTOCOL)
+    } else {
+        None
+    }
+}
+
+/// Buffer sizes and frame limits of every WebSocket.
+fn ws_config(app: &AppState) -> WebSocketConfig {
+    let max = app.config.server.max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(crate::server::READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
+        // Frames up to twice the limit are read and refused with a clean 1009; the
+        // library refuses anything larger on its own.
+        .max_message_size(Some(max.saturating_mul(2)))
+        .max_frame_size(Some(max.saturating_mul(2)))
+}
+
+/// The `101 Switching Protocols` head of an accepted upgrade, as bytes.
+fn switching_head(up: &Upgrade) -> Vec<u8> {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(up.key.as_bytes());
+    let mut head = Vec::with_capacity(192);
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n");
+    head.extend_from_slice(b"sec-websocket-accept: ");
+    head.extend_from_slice(accept.as_bytes());
+    if let Some(p) = up.protocol {
+        head.extend_from_slice(b"\r\nsec-websocket-protocol: ");
+        head.extend_from_slice(p.as_bytes());
+    }
+    if matches!(up.then, Then::Close(_)) {
+        head.extend_from_slice(b"\r\nx-request-id: ");
+        head.extend_from_slice(up.request_id.as_bytes());
+    }
+    head.extend_from_slice(b"\r\ndate: ");
+    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+/// Answer a WebSocket request read by [`read_head`] on the raw stream: the refusal,
+/// or the 101 and the upgraded connection, ready to serve. `remote` is the client's
+/// address (behind trusted proxies, the forwarded one).
+pub(crate) async fn accept_raw(
+    app: Arc<AppState>,
+    mut io: Io,
+    req: Box<WsRequest>,
+    remote: SocketAddr,
+) -> Option<Ready> {
+    let WsRequest { target, headers, query, leftover } = *req;
+    // Boxed: verifying may fetch a JWKS, a large future that the connection's task
+    // should not reserve room for.
+    let answer = Box::pin(answer(&app, &target, &headers, &query, remote, true)).await;
+    drop((target, headers, query));
+    let write_timeout = app.config.server.write_timeout;
+    match answer {
+        Answer::Http(resp) => {
+            Box::pin(write_refusal(io, resp, write_timeout)).await;
+            None
+        }
+        Answer::Upgrade(up) => {
+            let head = switching_head(&up);
+            if !matches!(tokio::time::timeout(write_timeout, io.write_all(&head)).await, Ok(Ok(()))) {
+                return None;
+            }
+            drop(head);
+            let Upgrade { request_id, then, .. } = *up;
+            // Boxed: it completes at once, but its state would size the task.
+            let socket =
+                Box::pin(WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(ws_config(&app)))).await;
+            Some(Ready { app, socket, then, remote, request_id })
+        }
+    }
+}
+
+/// Write an HTTP refusal on the raw stream, then end the connection: half-close,
+/// and read what the client still sends (bounded) so that closing does not reset the
+/// connection before the client has read the answer.
+async fn write_refusal(mut io: Io, resp: Response, write_timeout: std::time::Duration) {
+    let (parts, body) = resp.into_parts();
+    let body = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return,
+    };
+    let mut out = Vec::with_capacity(256 + body.len());
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).as_bytes());
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    out.extend_from_slice(b"connection: close\r\ndate: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+    let _ = tokio::time::timeout(write_timeout, async {
+        io.write_all(&out).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            match io.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
+/// Answer a WebSocket request that came through hyper (`on_upgrade`: hyper's upgrade
+/// of the request, absent when the transport cannot switch).
+pub(crate) fn hyper_answer(
+    app: Arc<AppState>,
+    answer: Answer,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    remote: SocketAddr,
+) -> Response {
+    let (up, on_upgrade) = match (answer, on_upgrade) {
+        (Answer::Http(resp), _) => return resp,
+        (Answer::Upgrade(up), Some(on)) => (up, on),
+        (Answer::Upgrade(_), None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(up.key.as_bytes());
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    if let Some(p) = up.protocol {
+        h.insert("sec-websocket-protocol", HeaderValue::from_static(p));
+    }
+    if matches!(up.then, Then::Close(_))
+        && let Ok(v) = HeaderValue::from_str(&up.request_id)
+    {
+        h.insert("x-request-id", v);
+    }
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let io = Io::Hyper(Box::new(hyper_util::rt::TokioIo::new(upgraded)));
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&app))).await;
+        let Upgrade { request_id, then, .. } = *up;
+        Ready { app, socket, then, remote, request_id }.serve().await;
+    });
+    resp
+}
+
+/// An upgraded connection and what it is for.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    app: Arc<AppState>,
+    socket: Socket,
+    then: Then,
+    remote: SocketAddr,
+    request_id: String,
+}
+
+impl Ready {
+    /// The life of the connection. A plain function choosing the future, not an async
+    /// one wrapping it: the returned future is the connection's own, with no copy of
+    /// the socket around it.
+    pub(crate) fn serve(self) -> impl std::future::Future<Output = ()> + Send {
+        use futures_util::future::Either;
+        let Ready { app, mut socket, then, remote, request_id } = self;
+        match then {
+            Then::Agent(start) => Either::Left(connection::run(app, socket, start, remote, request_id)),
+            // Boxed: an MCP relay's state should not size every agent connection's task.
+            Then::Mcp(admitted) => {
+                Either::Right(Either::Left(Box::pin(crate::mcp::relay(app, socket, *admitted, remote, request_id))))
+            }
+            Then::Close(code) => {
+                Either::Right(Either::Right(async move { connection::close(&mut socket, code).await }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        classify(text.as_bytes()).expect("complete head")
+    }
+
+    #[test]
+    fn websocket_upgrades_for_our_endpoints_are_served_raw() {
+        let h = head(
+            "GET /v1/ws?session_id=s_1&last_seq=3 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x01\x02",
+        );
+        let Head::WebSocket(req) = h else { panic!("not raw: {h:?}") };
+        assert_eq!(req.target, Target::Agent);
+        assert_eq!(req.query, vec![("session_id".into(), "s_1".into()), ("last_seq".into(), "3".into())]);
+        assert_eq!(req.leftover, b"\x01\x02");
+        assert!(websocket_key(&req.headers).is_some());
+        let h = head("GET /v1/mcp/fs%20x HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\n");
+        let Head::WebSocket(req) = h else { panic!("not raw: {h:?}") };
+        assert_eq!(req.target, Target::Mcp("fs x".into()));
+        assert!(websocket_key(&req.headers).is_none(), "no Connection, version or key");
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for text in [
+            "GET /v1/ws HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /v1/ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /v1/mcp/a/b HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /v1/mcp/ HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello",
+            "GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /v1/ws HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            let h = head(text);
+            assert!(matches!(&h, Head::Other(b) if b == text.as_bytes()), "{text:?} -> {h:?}");
+        }
+        assert!(classify(b"GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\n").is_none(), "incomplete");
+    }
+
+    #[tokio::test]
+    async fn prefixed_yields_the_prefix_then_the_stream() {
+        let (a, mut b) = tokio::io::duplex(64);
+        b.write_all(b" world").await.unwrap();
+        drop(b);
+        let mut p = Prefixed::new(a, b"hello".to_vec());
+        let mut out = String::new();
+        p.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+}
