@@ -127,7 +127,10 @@ async fn open(
             return None;
         }
     };
-    tracing::info!(
+    // Debug, not info: one line per connection costs about 7% of a handshake's CPU
+    // (docs/performance.md). Refusals and server-side closes stay at info; accepted
+    // connections are counted in `agentgate_handshakes_total`.
+    tracing::debug!(
         conn_id,
         request_id = %request_id,
         session_id = %opened.session_id,
@@ -216,7 +219,9 @@ impl Live {
         replay: Vec<crate::session::StoredEvent>,
         resumed: bool,
     ) -> Result<(), End> {
-        self.send(Message::Text(serde_json::to_string(&welcome).unwrap_or_default().into())).await?;
+        // Written with the 101 (held back until now), in one segment.
+        self.socket.get_mut().cork_text(serde_json::to_string(&welcome).unwrap_or_default());
+        self.write(None).await?;
         crate::metrics::accepted(resumed);
         for event in replay {
             self.send(Message::Text(event.text.as_ref().to_owned().into())).await?;
@@ -228,12 +233,18 @@ impl Live {
     /// Send one frame within `server.write_timeout_s`; shutdown, revocation and
     /// expiry still close the connection on time while the write is blocked.
     fn send(&mut self, msg: Message) -> impl std::future::Future<Output = Result<(), End>> + Send + '_ {
+        self.write(Some(msg))
+    }
+
+    /// Send a frame, or (with `None`) flush what is buffered, as [`Self::send`].
+    fn write(&mut self, msg: Option<Message>) -> impl std::future::Future<Output = Result<(), End>> + Send + '_ {
         let (_, expire_at) = self.expiry_deadlines();
         self.interrupts.send(&self.app, &self.principal, expire_at, &mut self.socket, msg)
     }
 
     async fn serve_loop(&mut self) -> End {
-        let limiter = message_limiter(&self.app);
+        // Made with the first client frame: most connections only listen.
+        let mut limiter: Option<Box<MessageLimiter>> = None;
         let heartbeat = self.app.config.server.heartbeat;
         let mut next_ping = Instant::now() + heartbeat;
         let mut last_seen = Instant::now();
@@ -290,7 +301,8 @@ impl Live {
                 },
                 frame = self.socket.next() => {
                     last_seen = Instant::now();
-                    match inbound(frame, self.app.config.server.max_message_bytes, &limiter) {
+                    let limiter = limiter.get_or_insert_with(|| Box::new(message_limiter(&self.app)));
+                    match inbound(frame, self.app.config.server.max_message_bytes, limiter) {
                         Inbound::Text(text) => {
                             // Boxed: handling a message is brief; its state should not size
                             // every idle connection's task.

@@ -101,7 +101,8 @@ impl Interrupts {
         }
     }
 
-    /// Send one frame within `server.write_timeout_s`, unless an interrupt comes first.
+    /// Send one frame (or, with `None`, flush what is buffered) within
+    /// `server.write_timeout_s`, unless an interrupt comes first.
     ///
     /// A frame usually goes to the kernel at once ([`write_now`]): that path arms no
     /// timer, races nothing and its future is two words. Only a write that would block
@@ -117,7 +118,7 @@ impl Interrupts {
         principal: &'a Principal,
         expire_at: Option<Instant>,
         socket: &'a mut Socket,
-        msg: Message,
+        msg: Option<Message>,
     ) -> impl Future<Output = Result<(), End>> + Send + 'a {
         use futures_util::future::Either;
         match write_now(socket, msg) {
@@ -168,17 +169,19 @@ enum Now {
     Blocked(Option<Message>),
 }
 
-/// Try to write a frame now, without waiting. A blocked write registers no waker
-/// here (the slow path polls again with the task's own).
-fn write_now(socket: &mut Socket, msg: Message) -> Now {
+/// Try to write a frame (or only flush, with `None`) now, without waiting. A blocked
+/// write registers no waker here (the slow path polls again with the task's own).
+fn write_now(socket: &mut Socket, msg: Option<Message>) -> Now {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    match Pin::new(&mut *socket).poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(_)) => return Now::Failed,
-        Poll::Pending => return Now::Blocked(Some(msg)),
-    }
-    if Pin::new(&mut *socket).start_send(msg).is_err() {
-        return Now::Failed;
+    if let Some(msg) = msg {
+        match Pin::new(&mut *socket).poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Now::Failed,
+            Poll::Pending => return Now::Blocked(Some(msg)),
+        }
+        if Pin::new(&mut *socket).start_send(msg).is_err() {
+            return Now::Failed;
+        }
     }
     match Pin::new(&mut *socket).poll_flush(&mut cx) {
         Poll::Ready(Ok(())) => Now::Done,

@@ -232,7 +232,7 @@ async fn pump(
                         tracing::warn!(conn_id, "MCP server wrote a line that is not UTF-8");
                         return End::Close(ErrorCode::McpServerFailed);
                     };
-                    if let Err(end) = interrupts.send(app, principal, expire_at, socket, Message::Text(text)).await {
+                    if let Err(end) = interrupts.send(app, principal, expire_at, socket, Some(Message::Text(text))).await {
                         return end;
                     }
                 }

@@ -13,10 +13,6 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::state::{AppState, Waits};
 
-/// Read buffer per WebSocket. tungstenite's default (128 KiB) would dominate the cost
-/// of an idle connection; frames larger than this are still read, in several reads.
-pub const READ_BUFFER_BYTES: usize = 1024;
-
 /// How often expired sessions and runs are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -221,10 +217,10 @@ async fn handshake(
 ) -> Option<crate::upgrade::Ready> {
     use crate::upgrade::{Head, Io};
     let io = match &shared.transport.tls {
-        None => Io::Plain(stream),
+        None => Io::plain(stream),
         // Boxed: the TLS handshake's state should not size every connection's task.
         Some(tls) => match Box::pin(tokio::time::timeout(shared.head_timeout, tls.accept(stream))).await {
-            Ok(Ok(stream)) => Io::Tls(Box::new(stream)),
+            Ok(Ok(stream)) => Io::tls(stream),
             Ok(Err(e)) => {
                 crate::metrics::tls_handshake_failed("error");
                 tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");

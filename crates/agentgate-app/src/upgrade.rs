@@ -43,29 +43,87 @@ pub(crate) type Socket = WebSocketStream<Io>;
 const MAX_HEADERS: usize = 64;
 
 /// The stream under a WebSocket: a plain or TLS TCP stream, or (rarely) hyper's
-/// upgraded stream.
+/// upgraded stream; with the bytes of a response head held back ([`Io::cork`]) to go
+/// out with the first frame.
 #[derive(Debug)]
-pub(crate) enum Io {
-    /// Plain TCP.
+pub(crate) struct Io {
+    stream: Stream,
+    /// Written before anything else: with the next write, flush or read.
+    corked: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Stream {
     Plain(TcpStream),
-    /// TLS over TCP (boxed: rustls' state is large).
+    /// Boxed: rustls' state is large.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// An upgrade answered through hyper (a keep-alive connection's later request).
     Hyper(Box<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>),
 }
 
+impl Io {
+    /// A plain TCP stream.
+    pub(crate) fn plain(s: TcpStream) -> Self {
+        Self { stream: Stream::Plain(s), corked: Vec::new() }
+    }
+
+    /// A TLS stream.
+    pub(crate) fn tls(s: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+        Self { stream: Stream::Tls(Box::new(s)), corked: Vec::new() }
+    }
+
+    fn hyper(u: hyper::upgrade::Upgraded) -> Self {
+        Self { stream: Stream::Hyper(Box::new(hyper_util::rt::TokioIo::new(u))), corked: Vec::new() }
+    }
+
+    /// Hold `head` back to send it in one segment with the first frame (the 101 and
+    /// the welcome: one write, one packet and one wakeup of the client instead of
+    /// two). A read sends it first, so a client that must speak first (first-message
+    /// auth) gets its 101 at once.
+    fn cork(&mut self, head: Vec<u8>) {
+        self.corked = head;
+    }
+
+    /// Hold back a text frame too, after the head: the welcome goes out with the 101,
+    /// and never sits in the WebSocket's own write buffer afterwards.
+    pub(crate) fn cork_text(&mut self, text: String) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let frame = Frame::message(text, OpCode::Data(Data::Text), true);
+        self.corked.reserve(frame.len());
+        // Formatting into a Vec cannot fail.
+        let _ = frame.format(&mut self.corked);
+    }
+
+    /// Write out the held-back bytes.
+    fn poll_uncork(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.corked.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.corked) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.corked.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.corked = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $io:ident => $e:expr) => {
         match $self.get_mut() {
-            Io::Plain($io) => {
+            Stream::Plain($io) => {
                 let $io = Pin::new($io);
                 $e
             }
-            Io::Tls($io) => {
+            Stream::Tls($io) => {
                 let $io = Pin::new($io.as_mut());
                 $e
             }
-            Io::Hyper($io) => {
+            Stream::Hyper($io) => {
                 let $io = Pin::new($io.as_mut());
                 $e
             }
@@ -73,13 +131,13 @@ macro_rules! delegate {
     };
 }
 
-impl AsyncRead for Io {
+impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         delegate!(self, io => io.poll_read(cx, buf))
     }
 }
 
-impl AsyncWrite for Io {
+impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         delegate!(self, io => io.poll_write(cx, buf))
     }
@@ -102,10 +160,59 @@ impl AsyncWrite for Io {
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Io::Plain(io) => io.is_write_vectored(),
-            Io::Tls(io) => io.is_write_vectored(),
-            Io::Hyper(io) => io.is_write_vectored(),
+            Stream::Plain(io) => io.is_write_vectored(),
+            Stream::Tls(io) => io.is_write_vectored(),
+            Stream::Hyper(io) => io.is_write_vectored(),
         }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.corked.is_empty() {
+            std::task::ready!(this.poll_uncork(cx))?;
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // The held-back head and the first frame in one write.
+        loop {
+            if this.corked.is_empty() {
+                return Pin::new(&mut this.stream).poll_write(cx, buf);
+            }
+            let held = this.corked.len();
+            let slices = [io::IoSlice::new(&this.corked), io::IoSlice::new(buf)];
+            match std::task::ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, &slices))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n if n > held => {
+                    this.corked = Vec::new();
+                    return Poll::Ready(Ok(n - held));
+                }
+                n => {
+                    this.corked.drain(..n);
+                    if this.corked.is_empty() {
+                        this.corked = Vec::new();
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_uncork(cx))?;
+        Pin::new(&mut this.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_uncork(cx))?;
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
 
@@ -403,11 +510,22 @@ fn select_protocol(headers: &HeaderMap) -> Option<&'static str> {
     }
 }
 
-/// Buffer sizes and frame limits of every WebSocket.
-fn ws_config(app: &AppState) -> WebSocketConfig {
+/// Read buffer of an agent WebSocket (`/v1/ws`). It is what an idle connection keeps
+/// allocated; its clients send small frames (a run, a refresh, a ping) and a larger one
+/// is still read, in several reads. tungstenite's default (128 KiB) would dominate the
+/// cost of an idle connection.
+pub(crate) const AGENT_READ_BUFFER_BYTES: usize = 256;
+
+/// Read buffer of an MCP WebSocket, whose client sends whole JSON-RPC requests (and
+/// whose connection holds a process anyway).
+pub(crate) const MCP_READ_BUFFER_BYTES: usize = 4096;
+
+/// Buffer sizes and frame limits of a WebSocket that will serve `then`.
+fn ws_config(app: &AppState, then: &Then) -> WebSocketConfig {
     let max = app.config.server.max_message_bytes;
+    let read = if matches!(then, Then::Mcp(_)) { MCP_READ_BUFFER_BYTES } else { AGENT_READ_BUFFER_BYTES };
     WebSocketConfig::default()
-        .read_buffer_size(crate::server::READ_BUFFER_BYTES)
+        .read_buffer_size(read)
         .write_buffer_size(0)
         .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
         // Frames up to twice the limit are read and refused with a clean 1009; the
@@ -458,15 +576,11 @@ pub(crate) async fn accept_raw(
             None
         }
         Answer::Upgrade(up) => {
-            let head = switching_head(&up);
-            if !matches!(tokio::time::timeout(write_timeout, io.write_all(&head)).await, Ok(Ok(()))) {
-                return None;
-            }
-            drop(head);
+            io.cork(switching_head(&up));
             let Upgrade { request_id, then, .. } = *up;
+            let config = ws_config(&app, &then);
             // Boxed: it completes at once, but its state would size the task.
-            let socket =
-                Box::pin(WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(ws_config(&app)))).await;
+            let socket = Box::pin(WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(config))).await;
             Some(Ready { app, socket, then, remote, request_id })
         }
     }
@@ -542,9 +656,9 @@ pub(crate) fn hyper_answer(
     }
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
-        let io = Io::Hyper(Box::new(hyper_util::rt::TokioIo::new(upgraded)));
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&app))).await;
+        let io = Io::hyper(upgraded);
         let Upgrade { request_id, then, .. } = *up;
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&app, &then))).await;
         Ready { app, socket, then, remote, request_id }.serve().await;
     });
     resp

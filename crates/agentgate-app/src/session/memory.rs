@@ -59,10 +59,18 @@ struct State {
     stamp: Option<u64>,
     /// Dropped by a bound: appends fail as if the session were unknown.
     dropped: bool,
+    /// What the session's runs appended; allocated with the first run event (a session
+    /// without runs, like an idle connection's, keeps only the pointer).
+    runs: Option<Box<Runs>>,
+}
+
+/// Per-run bookkeeping of one session.
+#[derive(Debug, Default)]
+struct Runs {
     /// Runs whose terminal event is stored.
     ended: HashSet<String>,
     /// Last `rseq` appended per running run.
-    run_last: HashMap<String, u64>,
+    last: HashMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -209,20 +217,21 @@ impl MemoryStore {
                 return Err(StoreError::NotFound);
             }
             // Exactly one terminal event per run; a repeated event of a run is stored once.
-            if st.ended.contains(&event.run_id) {
+            let runs = st.runs.get_or_insert_with(Box::default);
+            if runs.ended.contains(&event.run_id) {
                 return Err(StoreError::Duplicate);
             }
-            if event.rseq > 0 && event.rseq <= st.run_last.get(&event.run_id).copied().unwrap_or(0) {
+            if event.rseq > 0 && event.rseq <= runs.last.get(&event.run_id).copied().unwrap_or(0) {
                 return Err(StoreError::Duplicate);
+            }
+            if event.ty.is_terminal() {
+                runs.last.remove(&event.run_id);
+                runs.ended.insert(event.run_id.clone());
+            } else if event.rseq > 0 {
+                runs.last.insert(event.run_id.clone(), event.rseq);
             }
             let seq = st.next_seq;
             st.next_seq += 1;
-            if event.ty.is_terminal() {
-                st.run_last.remove(&event.run_id);
-                st.ended.insert(event.run_id.clone());
-            } else if event.rseq > 0 {
-                st.run_last.insert(event.run_id.clone(), event.rseq);
-            }
             let (head, tail) = frame_parts(&event);
             let stored = Arc::new(Event { seq, text: format!("{head}{seq}{tail}").into_boxed_str() });
             let added = stored.text.len();
@@ -307,8 +316,7 @@ impl SessionStore for MemoryStore {
                     detached_at: Some(Instant::now()),
                     stamp: None,
                     dropped: false,
-                    ended: HashSet::new(),
-                    run_last: HashMap::new(),
+                    runs: None,
                 }),
             });
             index.sessions.insert(id.clone(), entry);
