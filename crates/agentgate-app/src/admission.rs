@@ -98,13 +98,16 @@ pub(crate) async fn principal_of(
     origin: Option<&str>,
     request_id: &str,
 ) -> Result<Principal, Rejection> {
-    let fp = Some(agentgate_auth::fingerprint(credential.value.as_bytes()));
     if credential.transport == credentials::Transport::Ticket {
         ticket_principal(app, &credential.value, origin).await
     } else {
         app.verify(&credential.value).await.map_err(|e| (e.code(), e.message().to_owned()))
     }
-    .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(fp))
+    .map_err(|(code, msg)| {
+        // Only a refusal needs the fingerprint here (a principal carries its own).
+        let fp = agentgate_auth::fingerprint(credential.value.as_bytes());
+        Rejection::new(code, msg, request_id).with_token_fp(Some(fp))
+    })
 }
 
 /// Use a ticket: its principal (with `via` `ticket:<via>`), re-checked for revocation

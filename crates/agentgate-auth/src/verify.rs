@@ -287,6 +287,8 @@ impl Authenticator {
             Some(_) => return Err(AuthError::new(IssuerInvalid, "the `iss` claim is not a string")),
         };
         let signing_input = &token[..h64.len() + 1 + p64.len()];
+        // The key that verified, for the trace only (never cloned otherwise).
+        let record = trace.record;
         let (issuer, key) = if let Some(kid) = kid {
             let Some(issuer) = self.issuers.iter().find(|i| i.has_kid(kid)) else {
                 let held: Vec<String> = self
@@ -306,7 +308,7 @@ impl Authenticator {
             };
             check_alg(issuer, key, alg)?;
             verify_signature(key, alg, signing_input, s64)?;
-            (Arc::clone(issuer), key.clone())
+            (Arc::clone(issuer), record.then(|| (key.kid.clone(), key.fingerprint.clone())))
         } else if let Some(issuer) = iss.and_then(|iss| self.issuers.iter().find(|i| i.issuer.as_deref() == Some(iss)))
         {
             trace.note_issuer(issuer);
@@ -324,7 +326,7 @@ impl Authenticator {
             let Some(key) = fitting.into_iter().find(|k| signature_ok(k, alg, signing_input, s64)) else {
                 return Err(sig_invalid(Some(issuer)));
             };
-            (Arc::clone(issuer), key.clone())
+            (Arc::clone(issuer), record.then(|| (key.kid.clone(), key.fingerprint.clone())))
         } else {
             if iss.is_some() && !self.issuers.is_empty() && self.issuers.iter().all(|i| i.issuer.is_some()) {
                 let accepted: Vec<&str> = self.issuers.iter().filter_map(|i| i.issuer.as_deref()).collect();
@@ -345,7 +347,7 @@ impl Authenticator {
             for issuer in candidates {
                 let keys = issuer.keys();
                 if let Some(key) = keys.iter().find(|k| k.admits(alg) && signature_ok(k, alg, signing_input, s64)) {
-                    chosen = Some((Arc::clone(issuer), key.clone()));
+                    chosen = Some((Arc::clone(issuer), record.then(|| (key.kid.clone(), key.fingerprint.clone()))));
                     break;
                 }
             }
@@ -356,7 +358,7 @@ impl Authenticator {
             chosen
         };
         if trace.record {
-            trace.key = Some((key.kid.clone(), key.fingerprint.clone()));
+            trace.key = key;
         }
 
         // Step 4: claims, in order.

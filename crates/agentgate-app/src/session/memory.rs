@@ -113,7 +113,10 @@ impl Index {
         st.stamp = Some(stamp);
         st.detached_at = Some(now);
         self.detached.insert(stamp, sid.to_owned());
-        self.by_owner.entry(owner.clone()).or_default().detached.insert(stamp, sid.to_owned());
+        match self.by_owner.get_mut(owner) {
+            Some(o) => o.detached.insert(stamp, sid.to_owned()),
+            None => self.by_owner.entry(owner.clone()).or_default().detached.insert(stamp, sid.to_owned()),
+        };
     }
 
     fn unmark(&mut self, owner: &Owner, st: &mut State) {
