@@ -6,10 +6,14 @@
 //! A request travels top-down through these files:
 //! - [`config`]: file, environment overrides, validation into [`Config`].
 //! - [`server`]: [`serve`], the accept loop (TLS, trusted proxies, head limits),
-//!   graceful shutdown; [`state`]: the node's shared [`AppState`].
-//! - [`routes`]: the router, health endpoints, and the `/v1/ws` handshake: it puts the
+//!   one task per TCP connection, graceful shutdown; [`state`]: the node's shared
+//!   [`AppState`].
+//! - `upgrade.rs`: a connection's first request head; a WebSocket upgrade for `/v1/ws`
+//!   or `/v1/mcp/{server}` is decided and answered there on the raw stream (the 101 or
+//!   the refusal), anything else goes to hyper and the router.
+//! - [`routes`]: the router, health endpoints, and the `/v1/ws` decisions: it puts the
 //!   checks of [`admission`] (rate, connections, `Origin`, backend, credential,
-//!   principal caps, resume) in the contract's order and upgrades or rejects.
+//!   principal caps, resume) in the contract's order.
 //! - [`credentials`]: finding the one credential on a request.
 //! - [`limits`]: handshake rate and connection caps.
 //! - [`tls`] and [`client_ip`]: TLS termination with reload on SIGHUP; the client

@@ -587,7 +587,8 @@ fn the_same_subject_of_another_issuer_or_an_api_key_is_another_principal() {
 
 #[test]
 fn a_subject_cannot_forge_log_lines_or_colour_the_log() {
-    let gate = Gate::start("", &[]);
+    // Accepted connections (which carry the subject) are logged at debug.
+    let gate = Gate::start("", &[("RUST_LOG", "info,agentgate_app::connection=debug")]);
     let evil = "mallory\nINFO forged: admin signed in\r\x1b[31mred\x1b[0m\u{85}";
     let token = gate.token("one", evil, &[]);
     let bob = gate.token("one", "bob", &[]);
@@ -835,7 +836,9 @@ fn json_logs_stay_one_valid_json_object_per_line_whatever_the_subject() {
     let sandbox = Sandbox::new();
     let config = sandbox.config("json.toml", &issuers());
     let env = [("ONE_SECRET", ONE_SECRET), ("TWO_SECRET", TWO_SECRET)];
-    let server = sandbox.serve(&["--log-format", "json"], &config, &env);
+    // Accepted connections (which carry the subject) are logged at debug.
+    let log_env = [env[0], env[1], ("RUST_LOG", "info,agentgate_app::connection=debug")];
+    let server = sandbox.serve(&["--log-format", "json"], &config, &log_env);
     let evil = "mallory\n{\"level\":\"INFO\",\"forged\":true}\r\x1b[31m\u{85}\u{2028}";
     let token = sandbox.mint(&config, &["--issuer", "one", "--sub", evil], &env);
     block_on(async {
