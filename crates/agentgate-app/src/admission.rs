@@ -166,8 +166,8 @@ pub(crate) async fn resume_check(
 
 /// Whether the principal may get a new session (`limits.sessions_per_principal`, all
 /// attached: `too_many_connections`), decided by the store that holds the sessions.
-pub(crate) async fn session_room(app: &AppState, principal: &Principal) -> Result<(), (ErrorCode, String)> {
-    match app.backend.sessions.admits_new_session(&Owner::of(principal)).await {
+pub(crate) async fn session_room(app: &AppState, owner: &Owner) -> Result<(), (ErrorCode, String)> {
+    match app.backend.sessions.admits_new_session(owner).await {
         Ok(true) => Ok(()),
         Ok(false) => Err((
             ErrorCode::TooManyConnections,

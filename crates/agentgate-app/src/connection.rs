@@ -109,7 +109,7 @@ async fn open(
         &app.backend,
         Arc::clone(&app.hub),
         holder,
-        &Owner::of(&principal),
+        slots.1.key(),
         resume,
         resumable,
         OUTBOUND_QUEUE,

@@ -40,17 +40,28 @@ impl<K: Eq + Hash + Clone> Counter<K> {
     /// Take a place for `key`, or `None` when it already holds `cap`.
     pub fn acquire(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key.clone()).or_insert(0);
-        if *n >= self.cap {
-            return None;
+        match counts.get_mut(&key) {
+            Some(n) if *n >= self.cap => return None,
+            Some(n) => *n += 1,
+            // The map keeps its own copy only for a key it did not hold.
+            None if self.cap == 0 => return None,
+            None => {
+                counts.insert(key.clone(), 1);
+            }
         }
-        *n += 1;
         Some(Slot { counter: Arc::clone(self), key })
     }
 
     /// Current count for `key`.
     pub fn count(&self, key: &K) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: Eq + Hash + Clone> Slot<K> {
+    /// The key this place is counted under.
+    pub fn key(&self) -> &K {
+        &self.key
     }
 }
 

@@ -1,8 +1,8 @@
 //! HTTP routes: the agent WebSocket's pre-upgrade decisions, and health endpoints.
 //!
-//! Everything decidable from the request is decided here ([`decide`]), before the
+//! Everything decidable from the request is decided here (`decide`), before the
 //! upgrade, in the contract's order: `Origin`, credentials (ambiguity, verification,
-//! anonymity), then resume ownership. [`crate::upgrade::answer`] turns the decision
+//! anonymity), then resume ownership. `upgrade::answer` turns the decision
 //! into the 101 or the refusal (HTTP, or an immediate close per
 //! `server.failure_mode`).
 
@@ -151,7 +151,7 @@ pub(crate) async fn decide(
         .await
         .map_err(|(code, msg)| Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone())))?;
     if !resumable {
-        admission::session_room(app, &principal).await.map_err(|(code, msg)| {
+        admission::session_room(app, principal_slot.key()).await.map_err(|(code, msg)| {
             let mut r = Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone()));
             r.retry_after_s = Some(1);
             r

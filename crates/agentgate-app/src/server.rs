@@ -171,6 +171,9 @@ async fn accept_loop(
 ) {
     let (closing, closed) = watch::channel(());
     let shared = Arc::new(Shared { app, state, head_timeout, transport });
+    // No Nagle delay on any connection: set once on the listener, which accepted
+    // sockets inherit on Linux (elsewhere, each accepted socket is set below).
+    let inherited = cfg!(target_os = "linux") && socket2::SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
     loop {
         let (stream, remote) = tokio::select! {
             _ = &mut stop => break,
@@ -184,7 +187,9 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
         tokio::spawn(connection(Arc::clone(&shared), stream, remote, closed.clone()));
     }
     drop(closing);

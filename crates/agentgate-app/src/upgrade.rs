@@ -537,7 +537,8 @@ fn ws_config(app: &AppState, then: &Then) -> WebSocketConfig {
 /// The `101 Switching Protocols` head of an accepted upgrade, as bytes.
 fn switching_head(up: &Upgrade) -> Vec<u8> {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(up.key.as_bytes());
-    let mut head = Vec::with_capacity(192);
+    // Room for the welcome frame that follows it in the same write (`Io::cork_text`).
+    let mut head = Vec::with_capacity(768);
     head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n");
     head.extend_from_slice(b"sec-websocket-accept: ");
     head.extend_from_slice(accept.as_bytes());

@@ -93,29 +93,30 @@ impl Entry {
 #[derive(Debug, Default)]
 struct OwnerSessions {
     count: usize,
-    detached: BTreeMap<u64, String>,
+    detached: BTreeMap<u64, Arc<str>>,
 }
 
+/// Session ids are shared (`Arc<str>`) between the map and the detach orders.
 #[derive(Debug, Default)]
 struct Index {
-    sessions: HashMap<String, Arc<Entry>>,
+    sessions: HashMap<Arc<str>, Arc<Entry>>,
     by_owner: HashMap<Owner, OwnerSessions>,
     /// Every detached session of the node, detached longest ago first.
-    detached: BTreeMap<u64, String>,
+    detached: BTreeMap<u64, Arc<str>>,
     next_stamp: u64,
 }
 
 impl Index {
-    fn mark_detached(&mut self, sid: &str, owner: &Owner, st: &mut State, now: Instant) {
+    fn mark_detached(&mut self, sid: &Arc<str>, owner: &Owner, st: &mut State, now: Instant) {
         self.unmark(owner, st);
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         st.stamp = Some(stamp);
         st.detached_at = Some(now);
-        self.detached.insert(stamp, sid.to_owned());
+        self.detached.insert(stamp, Arc::clone(sid));
         match self.by_owner.get_mut(owner) {
-            Some(o) => o.detached.insert(stamp, sid.to_owned()),
-            None => self.by_owner.entry(owner.clone()).or_default().detached.insert(stamp, sid.to_owned()),
+            Some(o) => o.detached.insert(stamp, Arc::clone(sid)),
+            None => self.by_owner.entry(owner.clone()).or_default().detached.insert(stamp, Arc::clone(sid)),
         };
     }
 
@@ -322,7 +323,7 @@ impl SessionStore for MemoryStore {
                     runs: None,
                 }),
             });
-            index.sessions.insert(id.clone(), entry);
+            index.sessions.insert(Arc::from(id.as_str()), entry);
             index.by_owner.entry(owner).or_default().count += 1;
             Ok(id)
         })();
@@ -382,11 +383,13 @@ impl SessionStore for MemoryStore {
 
     fn detach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>> {
         let mut index = self.index();
-        if let Some(entry) = index.sessions.get(session_id).cloned() {
+        if let Some((sid, entry)) =
+            index.sessions.get_key_value(session_id).map(|(k, e)| (Arc::clone(k), Arc::clone(e)))
+        {
             let mut st = entry.lock();
             if st.holder.as_ref() == Some(&holder) {
                 st.holder = None;
-                index.mark_detached(session_id, &entry.owner, &mut st, Instant::now());
+                index.mark_detached(&sid, &entry.owner, &mut st, Instant::now());
             }
         }
         Box::pin(async move { Ok(()) })
