@@ -66,15 +66,14 @@ pub enum Found {
 }
 
 /// The subprotocols offered, in order.
-pub fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+pub fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
+        .map(str::trim)
         .filter(|p| !p.is_empty())
-        .collect()
 }
 
 /// Whether every byte is printable ASCII (space through `~`; a tab is outside).
@@ -138,10 +137,11 @@ pub fn extract(
             found.push(Credential { transport: Transport::Header, value: String::new() });
         }
     }
-    let offered = offered_protocols(headers);
+    let mut offered_any = false;
     let mut wants_v1 = false;
     let mut other = false;
-    for p in &offered {
+    for p in offered_protocols(headers) {
+        offered_any = true;
         let entry = p
             .strip_prefix(BEARER_SUBPROTOCOL_PREFIX)
             .or_else(|| if endpoint == Endpoint::Mcp { p.strip_prefix(MCP_AUTH_SUBPROTOCOL_PREFIX) } else { None });
@@ -178,7 +178,7 @@ pub fn extract(
             format!("{} credentials were presented ({}); send exactly one", found.len(), transports.join(", ")),
         ));
     }
-    if endpoint == Endpoint::Agent && !offered.is_empty() && !wants_v1 {
+    if endpoint == Endpoint::Agent && offered_any && !wants_v1 {
         let need = match endpoint {
             Endpoint::Agent => PROTOCOL_V1,
             Endpoint::Mcp => agentgate_protocol::MCP_SUBPROTOCOL,

@@ -94,8 +94,8 @@ pub(crate) async fn decide(
         )
         .with_token_fp(fp));
     };
-    let offered = credentials::offered_protocols(headers);
-    if !offered.is_empty() && !offered.iter().any(|p| p == MCP_SUBPROTOCOL) {
+    let mut offered = credentials::offered_protocols(headers).peekable();
+    if offered.peek().is_some() && !offered.any(|p| p == MCP_SUBPROTOCOL) {
         return Err(Rejection::new(
             ErrorCode::ProtocolError,
             "Sec-WebSocket-Protocol must offer \"mcp\" (with the bearer entry beside it), or nothing",

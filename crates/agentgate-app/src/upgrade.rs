@@ -500,10 +500,9 @@ pub(crate) async fn answer(
 /// The subprotocol to select: `agentgate.v1` or `mcp`, whichever the client offered
 /// (never a credential entry).
 fn select_protocol(headers: &HeaderMap) -> Option<&'static str> {
-    let offered = credentials::offered_protocols(headers);
-    if offered.iter().any(|p| p == PROTOCOL_V1) {
+    if credentials::offered_protocols(headers).any(|p| p == PROTOCOL_V1) {
         Some(PROTOCOL_V1)
-    } else if offered.iter().any(|p| p == MCP_SUBPROTOCOL) {
+    } else if credentials::offered_protocols(headers).any(|p| p == MCP_SUBPROTOCOL) {
         Some(MCP_SUBPROTOCOL)
     } else {
         None
@@ -514,7 +513,7 @@ fn select_protocol(headers: &HeaderMap) -> Option<&'static str> {
 /// allocated; its clients send small frames (a run, a refresh, a ping) and a larger one
 /// is still read, in several reads. tungstenite's default (128 KiB) would dominate the
 /// cost of an idle connection.
-pub(crate) const AGENT_READ_BUFFER_BYTES: usize = 256;
+pub(crate) const AGENT_READ_BUFFER_BYTES: usize = 128;
 
 /// Read buffer of an MCP WebSocket, whose client sends whole JSON-RPC requests (and
 /// whose connection holds a process anyway).
