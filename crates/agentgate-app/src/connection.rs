@@ -145,19 +145,20 @@ async fn open(
     let welcome = Welcome {
         ty: "welcome",
         protocol: PROTOCOL_V1,
-        session_id: opened.session_id,
+        session_id: &opened.session_id,
         resumed: opened.resumed,
         resume_error: opened.resume_error,
         first_seq: opened.first_seq,
         principal: PrincipalInfo {
-            subject: principal.subject.clone(),
-            tenant: principal.tenant.clone(),
-            scopes: principal.scopes.clone(),
-            via: principal.via.clone(),
+            subject: &principal.subject,
+            tenant: principal.tenant.as_deref(),
+            scopes: &principal.scopes,
+            via: &principal.via,
         },
         expires_at: principal.expires_at,
         heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
     };
+    let welcome = serde_json::to_string(&welcome).unwrap_or_default();
     let interrupts = crate::interrupts::Interrupts::new(&app);
     let mut live =
         Live { app, socket, sub, principal, conn_id, interrupts, ended: None, _guards: (gauge, tracked, slots) };
@@ -215,12 +216,12 @@ impl Live {
     /// The welcome, then the replay, each write bounded like every other.
     async fn welcome(
         &mut self,
-        welcome: Welcome,
+        welcome: String,
         replay: Vec<crate::session::StoredEvent>,
         resumed: bool,
     ) -> Result<(), End> {
         // Written with the 101 (held back until now), in one segment.
-        self.socket.get_mut().cork_text(serde_json::to_string(&welcome).unwrap_or_default());
+        self.socket.get_mut().cork_text(welcome);
         self.write(None).await?;
         crate::metrics::accepted(resumed);
         for event in replay {

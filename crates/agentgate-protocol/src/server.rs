@@ -8,29 +8,30 @@ use serde_json::Value;
 
 use crate::ErrorCode;
 
-/// The principal as shown in the welcome.
+/// The principal as shown in the welcome (borrowed: the welcome is serialized once,
+/// from the connection's own principal).
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PrincipalInfo {
+pub struct PrincipalInfo<'a> {
     /// The `sub` claim, or the API key's subject.
-    pub subject: String,
+    pub subject: &'a str,
     /// The tenant, or `null`.
-    pub tenant: Option<String>,
+    pub tenant: Option<&'a str>,
     /// Granted scopes.
-    pub scopes: Vec<String>,
+    pub scopes: &'a [String],
     /// `jwt:<issuer>`, `api_key:<name>` or `ticket:<via>`.
-    pub via: String,
+    pub via: &'a str,
 }
 
 /// The server's first message after authentication.
 #[derive(Debug, Clone, Serialize)]
-pub struct Welcome {
+pub struct Welcome<'a> {
     /// Always `welcome`.
     #[serde(rename = "type")]
     pub ty: &'static str,
     /// Always `agentgate.v1`.
     pub protocol: &'static str,
     /// The session.
-    pub session_id: String,
+    pub session_id: &'a str,
     /// Whether an existing session was resumed.
     pub resumed: bool,
     /// `history_truncated` or `session_not_found` when a resume did not fully succeed.
@@ -40,7 +41,7 @@ pub struct Welcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_seq: Option<u64>,
     /// Who is connected.
-    pub principal: PrincipalInfo,
+    pub principal: PrincipalInfo<'a>,
     /// The credential's `exp`, `null` for API keys.
     pub expires_at: Option<i64>,
     /// Interval of the server's WebSocket pings.

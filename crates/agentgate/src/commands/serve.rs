@@ -10,7 +10,16 @@ pub(crate) fn run(args: ServeArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One CPU allowed (a container limit, `taskset`): a current-thread runtime does the
+    // same work without the multi-thread scheduler's bookkeeping; with more, one
+    // worker per CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("agentgate: cannot start the runtime: {e}");
