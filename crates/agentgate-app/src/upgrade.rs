@@ -609,9 +609,17 @@ async fn write_refusal(mut io: Io, resp: Response, write_timeout: std::time::Dur
     out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(&body);
-    let _ = tokio::time::timeout(write_timeout, async {
+    let written = tokio::time::timeout(write_timeout, async {
         io.write_all(&out).await?;
-        io.shutdown().await?;
+        io.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    // A refused connection holds no place in the connection counts, so the wait for
+    // the client's end is short and bounded in bytes.
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
         let mut sink = [0u8; 1024];
         let mut drained = 0usize;
         while drained < 64 * 1024 {
@@ -624,6 +632,9 @@ async fn write_refusal(mut io: Io, resp: Response, write_timeout: std::time::Dur
     })
     .await;
 }
+
+/// Longest wait, after a refusal was written, for the client to end the connection.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answer a WebSocket request that came through hyper (`on_upgrade`: hyper's upgrade
 /// of the request, absent when the transport cannot switch).
