@@ -647,31 +647,6 @@ impl<'de> serde::Deserialize<'de> for Member<'de> {
     }
 }
 
-/// An object member's name, borrowed from the input when it has no escapes.
-struct Key<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(Visit)
-    }
-}
-
 impl<'de> serde::Deserialize<'de> for JoseHeader<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visit;
@@ -683,7 +658,11 @@ impl<'de> serde::Deserialize<'de> for JoseHeader<'de> {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<JoseHeader<'de>, A::Error> {
                 let mut seen = std::collections::BTreeSet::new();
                 let mut header = JoseHeader { alg: Member::Absent, kid: Member::Absent, crit: false };
-                while let Some(Key(key)) = access.next_key::<Key<'de>>()? {
+                // A member name reads as a string `Member` (JSON names are strings).
+                while let Some(name) = access.next_key::<Member<'de>>()? {
+                    let Member::Str(key) = name else {
+                        return Err(serde::de::Error::custom("a member name that is not a string"));
+                    };
                     if seen.contains(&key) {
                         return Err(serde::de::Error::custom(format!("{DUPLICATE} {key:?}")));
                     }
