@@ -20,23 +20,32 @@ pub use memory::{Bounds, MemoryStore};
 pub use store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent, frame_parts};
 pub use subscription::{Opened, Resume, Subscription};
 
+use std::sync::Arc;
+
 /// The identity a session, run, ticket or connection count is bound to: the principal
 /// of PROTOCOL.md section 6, issuer, subject and tenant. Two principals that differ in
 /// any of the three are different owners.
+///
+/// Its strings are shared: an owner is copied into each session, run and count it
+/// holds, and a copy costs no allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// Issuer: the JWT issuer's `name`, or `api_key` for every API key.
-    pub issuer: String,
+    pub issuer: Arc<str>,
     /// Subject.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// Tenant.
-    pub tenant: Option<String>,
+    pub tenant: Option<Arc<str>>,
 }
 
 impl Owner {
     /// The identity of a principal.
     pub fn of(p: &agentgate_auth::Principal) -> Self {
-        Self { issuer: p.issuer.clone(), subject: p.subject.clone(), tenant: p.tenant.clone() }
+        Self {
+            issuer: p.issuer.as_str().into(),
+            subject: p.subject.as_str().into(),
+            tenant: p.tenant.as_deref().map(Arc::from),
+        }
     }
 }
 

@@ -42,7 +42,7 @@ pub struct AppState {
     /// Local delivery to this node's connections.
     pub hub: Arc<Hub>,
     /// This node's id (random per process), naming session holders.
-    pub node_id: String,
+    pub node_id: Arc<str>,
     /// Runs.
     pub runs: Arc<Runs>,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -114,7 +114,7 @@ impl AppState {
             mcp_processes,
             mcp_per_principal,
             hub,
-            node_id,
+            node_id: node_id.into(),
             runs,
             shutdown,
             tracker: Mutex::new(Some(tracker)),

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use agentgate_protocol::{ErrorCode, MCP_SUBPROTOCOL, PROTOCOL_V1, id};
-use axum::http::header::{CONNECTION, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use axum::http::header::{
+    CONNECTION, CONTENT_LENGTH, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING, UPGRADE,
+};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -324,34 +326,49 @@ pub(crate) async fn read_head(io: &mut Io, limit: usize) -> Head {
             Ok(0) | Err(_) => return Head::Closed,
             Ok(_) => {}
         }
-        match classify(&buf) {
-            Some(head) => return head,
-            None if buf.len() >= limit => return Head::Other(buf),
-            None => {}
-        }
+        buf = match classify(buf) {
+            Ok(head) => return head,
+            Err(partial) if partial.len() >= limit => return Head::Other(partial),
+            Err(partial) => partial,
+        };
     }
 }
 
-/// `None` while the head is incomplete.
-fn classify(buf: &[u8]) -> Option<Head> {
+/// What a whole head is; the buffer back while the head is incomplete.
+///
+/// The header values of a WebSocket request are slices of the buffer (shared, not
+/// copied); the buffer is freed with the headers, once the request is answered.
+fn classify(buf: Vec<u8>) -> Result<Head, Vec<u8>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    let len = match req.parse(&buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return None,
-        Err(_) => return Some(Head::Other(buf.to_vec())),
+        Ok(httparse::Status::Partial) => return Err(buf),
+        Err(_) => return Ok(Head::Other(buf)),
     };
-    match websocket_request(&req) {
-        Some((target, query, headers)) => {
-            Some(Head::WebSocket(Box::new(WsRequest { target, headers, query, leftover: buf[len..].to_vec() })))
-        }
-        None => Some(Head::Other(buf.to_vec())),
+    let Some((target, query, names)) = websocket_request(&req, buf.as_ptr()) else {
+        return Ok(Head::Other(buf));
+    };
+    let leftover = buf[len..].to_vec();
+    let shared = axum::body::Bytes::from(buf);
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, at) in names.into_iter().flatten() {
+        // Checked by `websocket_request`: the same bytes are valid.
+        let Ok(value) = HeaderValue::from_maybe_shared(shared.slice(at)) else {
+            return Ok(Head::Other(shared.into()));
+        };
+        headers.append(name, value);
     }
+    Ok(Head::WebSocket(Box::new(WsRequest { target, headers, query, leftover })))
 }
+
+/// The header names of a request and where their values are in its buffer (which
+/// starts at `base`).
+type HeaderSpans = [Option<(HeaderName, std::ops::Range<usize>)>; MAX_HEADERS];
 
 /// The parts of a `GET` WebSocket upgrade (HTTP/1.1, no body) for one of our
 /// endpoints; `None` for anything else.
-fn websocket_request(req: &httparse::Request<'_, '_>) -> Option<(Target, Query, HeaderMap)> {
+fn websocket_request(req: &httparse::Request<'_, '_>, base: *const u8) -> Option<(Target, Query, HeaderSpans)> {
     if req.method? != "GET" || req.version? != 1 {
         return None;
     }
@@ -360,19 +377,24 @@ fn websocket_request(req: &httparse::Request<'_, '_>) -> Option<(Target, Query, 
         None => (req.path?, None),
     };
     let target = target_of(path)?;
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
+    let mut spans: HeaderSpans = std::array::from_fn(|_| None);
+    let (mut upgrade, mut body) = (false, false);
+    for (h, span) in req.headers.iter().zip(spans.iter_mut()) {
+        // Values are checked when they are made, in `classify`.
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        headers.append(name, value);
+        if name == UPGRADE {
+            upgrade |= std::str::from_utf8(h.value).is_ok_and(|v| has_token_str(v, "websocket"));
+        } else if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && h.value != b"0") {
+            body = true;
+        }
+        // `h.value` borrows from the buffer that starts at `base`.
+        let start = (h.value.as_ptr() as usize).checked_sub(base as usize)?;
+        *span = Some((name, start..start + h.value.len()));
     }
-    let upgrade = headers.get_all(UPGRADE).iter().any(|v| has_token(v, "websocket"));
-    let body = headers.contains_key("transfer-encoding")
-        || headers.get("content-length").is_some_and(|v| v.as_bytes() != b"0");
     if !upgrade || body {
         return None;
     }
-    Some((target, parse_query(query), headers))
+    Some((target, parse_query(query), spans))
 }
 
 fn target_of(path: &str) -> Option<Target> {
@@ -397,7 +419,12 @@ pub(crate) fn parse_query(query: Option<&str>) -> Query {
 
 /// Whether a comma-separated header value holds `token` (case-insensitive).
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    value.to_str().is_ok_and(|v| has_token_str(v, token))
+}
+
+/// [`has_token`] of a value as text.
+fn has_token_str(value: &str, token: &str) -> bool {
+    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request (`Connection: upgrade`,
@@ -550,9 +577,28 @@ fn switching_head(up: &Upgrade) -> Vec<u8> {
         head.extend_from_slice(up.request_id.as_bytes());
     }
     head.extend_from_slice(b"\r\ndate: ");
-    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    push_http_date(&mut head);
     head.extend_from_slice(b"\r\n\r\n");
     head
+}
+
+/// Append the current time as an HTTP date (`Sun, 06 Dec 2026 21:43:13 GMT`), formatted
+/// once per second per thread, as hyper does.
+fn push_http_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
 }
 
 /// Answer a WebSocket request read by [`read_head`] on the raw stream: the refusal,
@@ -606,7 +652,7 @@ async fn write_refusal(mut io: Io, resp: Response, write_timeout: std::time::Dur
     }
     out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
     out.extend_from_slice(b"connection: close\r\ndate: ");
-    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    push_http_date(&mut out);
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(&body);
     let written = tokio::time::timeout(write_timeout, async {
@@ -710,7 +756,7 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Head {
-        classify(text.as_bytes()).expect("complete head")
+        classify(text.as_bytes().to_vec()).expect("complete head")
     }
 
     #[test]
@@ -745,7 +791,7 @@ mod tests {
             let h = head(text);
             assert!(matches!(&h, Head::Other(b) if b == text.as_bytes()), "{text:?} -> {h:?}");
         }
-        assert!(classify(b"GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\n").is_none(), "incomplete");
+        assert!(classify(b"GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\n".to_vec()).is_err(), "incomplete");
     }
 
     #[tokio::test]

@@ -64,6 +64,38 @@ pub struct VerifyKey {
     /// `SubjectPublicKeyInfo`.
     pub fingerprint: String,
     pub(crate) key: DecodingKey,
+    /// An HMAC secret's keys, prepared once (HS256, HS384, HS512): preparing one hashes
+    /// the secret into its pads, which would otherwise happen at every verification.
+    pub(crate) hmac: Option<Box<HmacKeys>>,
+}
+
+/// An HMAC secret prepared for each HS algorithm.
+#[derive(Clone)]
+pub(crate) struct HmacKeys {
+    pub(crate) hs256: aws_lc_rs::hmac::Key,
+    pub(crate) hs384: aws_lc_rs::hmac::Key,
+    pub(crate) hs512: aws_lc_rs::hmac::Key,
+}
+
+impl HmacKeys {
+    fn new(secret: &[u8]) -> Box<Self> {
+        use aws_lc_rs::hmac::{HMAC_SHA256, HMAC_SHA384, HMAC_SHA512, Key};
+        Box::new(Self {
+            hs256: Key::new(HMAC_SHA256, secret),
+            hs384: Key::new(HMAC_SHA384, secret),
+            hs512: Key::new(HMAC_SHA512, secret),
+        })
+    }
+
+    /// The key for `alg`, if it is an HS algorithm.
+    pub(crate) fn get(&self, alg: Algorithm) -> Option<&aws_lc_rs::hmac::Key> {
+        match alg {
+            Algorithm::HS256 => Some(&self.hs256),
+            Algorithm::HS384 => Some(&self.hs384),
+            Algorithm::HS512 => Some(&self.hs512),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -88,7 +120,8 @@ impl VerifyKey {
     /// An empty secret.
     pub fn from_secret(secret: &[u8], kid: Option<String>) -> Result<Self, KeyError> {
         let key = DecodingKey::from_secret(secret).map_err(|_| KeyError::EmptySecret)?;
-        Ok(Self { kid, kind: KeyKind::Hmac, pinned_alg: None, fingerprint: fingerprint(secret), key })
+        let hmac = Some(HmacKeys::new(secret));
+        Ok(Self { kid, kind: KeyKind::Hmac, pinned_alg: None, fingerprint: fingerprint(secret), key, hmac })
     }
 
     /// A PEM public key: `PUBLIC KEY` (SubjectPublicKeyInfo, RSA, EC P-256/P-384 or
@@ -108,6 +141,7 @@ impl VerifyKey {
                     pinned_alg: None,
                     fingerprint: fingerprint(&spki),
                     key: DecodingKey::from_rsa_der(parsed.contents()),
+                    hmac: None,
                 })
             }
             "CERTIFICATE" => Err(KeyError::Pem(
@@ -142,6 +176,7 @@ impl VerifyKey {
                 pinned_alg: None,
                 fingerprint: fp,
                 key: DecodingKey::from_rsa_der(bits),
+                hmac: None,
             });
         }
         if *alg_oid == oid!(1, 3, 101, 112) {
@@ -151,6 +186,7 @@ impl VerifyKey {
                 pinned_alg: None,
                 fingerprint: fp,
                 key: DecodingKey::from_ed_der(bits),
+                hmac: None,
             });
         }
         if *alg_oid == oid!(1, 2, 840, 10045, 2, 1) {
@@ -161,7 +197,14 @@ impl VerifyKey {
                     return Err(KeyError::Unsupported("EC key on a curve other than P-256 or P-384".into()));
                 }
             };
-            return Ok(Self { kid, kind, pinned_alg: None, fingerprint: fp, key: DecodingKey::from_ec_der(bits) });
+            return Ok(Self {
+                kid,
+                kind,
+                pinned_alg: None,
+                fingerprint: fp,
+                key: DecodingKey::from_ec_der(bits),
+                hmac: None,
+            });
         }
         Err(KeyError::Unsupported(format!("public key algorithm {alg_oid:?}")))
     }
@@ -246,7 +289,8 @@ impl VerifyKey {
         {
             return Err(KeyError::Jwk(format!("`alg` {a:?} does not fit a {}", kind.as_str())));
         }
-        Ok(Self { kid, kind, pinned_alg, fingerprint: fingerprint(&spki_or_secret), key })
+        let hmac = (kind == KeyKind::Hmac).then(|| HmacKeys::new(&spki_or_secret));
+        Ok(Self { kid, kind, pinned_alg, fingerprint: fingerprint(&spki_or_secret), key, hmac })
     }
 }
 

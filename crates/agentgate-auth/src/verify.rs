@@ -5,6 +5,7 @@
 //! accepts tokens without `aud`/`iss` unless told otherwise, never checks `iat`, and
 //! has no size limit.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use agentgate_protocol::{ErrorCode, id};
@@ -257,9 +258,10 @@ impl Authenticator {
         if trace.record {
             trace.header = Some(decode_object(h64, "header")?);
         }
-        let claims = decode_object(p64, "payload")?;
+        let payload = decode_part(p64, "payload")?;
+        let claims = json_object::<Claims<'_>>(&payload, "payload")?;
         if trace.record {
-            trace.claims = Some(claims.clone());
+            trace.claims = Some(decode_object(p64, "payload")?);
         }
         if header.crit {
             // RFC 7515 4.1.11: extensions listed in `crit` must be understood; agentgate
@@ -284,7 +286,7 @@ impl Authenticator {
         };
         let iss = match claims.get("iss") {
             None => None,
-            Some(Value::String(i)) => Some(i.as_str()),
+            Some(Claim::Str(i)) => Some(i.as_ref()),
             Some(_) => return Err(AuthError::new(IssuerInvalid, "the `iss` claim is not a string")),
         };
         let signing_input = &token[..h64.len() + 1 + p64.len()];
@@ -369,7 +371,7 @@ impl Authenticator {
     fn check_claims(
         &self,
         issuer: &Issuer,
-        claims: &Map<String, Value>,
+        claims: &Claims<'_>,
         now: i64,
         token: &str,
     ) -> Result<Principal, AuthError> {
@@ -380,14 +382,14 @@ impl Authenticator {
             Some(v) => numeric_date(v, "exp")?,
         };
         let subject = match claims.get("sub") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::String(_)) => return Err(AuthError::new(ClaimMissing, "the `sub` claim is empty")),
+            Some(Claim::Str(s)) if !s.is_empty() => s.as_ref().to_owned(),
+            Some(Claim::Str(_)) => return Err(AuthError::new(ClaimMissing, "the `sub` claim is empty")),
             Some(_) => return Err(AuthError::new(ClaimMissing, "the `sub` claim is not a string")),
             None => return Err(AuthError::new(ClaimMissing, "the token has no `sub` claim")),
         };
         if let Some(expected) = &issuer.issuer {
             match claims.get("iss") {
-                Some(Value::String(i)) if i == expected => {}
+                Some(Claim::Str(i)) if i == expected => {}
                 Some(_) => {
                     return Err(AuthError::new(
                         IssuerInvalid,
@@ -404,8 +406,8 @@ impl Authenticator {
         }
         if !issuer.audience.is_empty() {
             let ok = match claims.get("aud") {
-                Some(Value::String(a)) => issuer.audience.iter().any(|x| x == a),
-                Some(Value::Array(list)) => {
+                Some(Claim::Str(a)) => issuer.audience.iter().any(|x| x == a),
+                Some(Claim::Array(list)) => {
                     list.iter().any(|a| a.as_str().is_some_and(|a| issuer.audience.iter().any(|x| x == a)))
                 }
                 _ => false,
@@ -442,7 +444,7 @@ impl Authenticator {
             }
         }
         for claim in TYPE_CLAIMS {
-            if let Some(v) = claims.get(*claim) {
+            if let Some(v) = claims.get(claim) {
                 let ok = v.as_str().is_some_and(|t| ACCESS_TYPES.iter().any(|a| a.eq_ignore_ascii_case(t)));
                 if !ok {
                     return Err(AuthError::new(
@@ -454,7 +456,7 @@ impl Authenticator {
         }
         let jti = match claims.get("jti") {
             None => None,
-            Some(Value::String(j)) => Some(j.clone()),
+            Some(Claim::Str(j)) => Some(j.as_ref().to_owned()),
             Some(_) => return Err(AuthError::new(TokenMalformed, "the `jti` claim is not a string")),
         };
         let issued_at = match claims.get("iat") {
@@ -475,9 +477,9 @@ impl Authenticator {
         };
         let roles = match claims.get("role") {
             None => Vec::new(),
-            Some(Value::String(r)) => vec![r.as_str()],
-            Some(Value::Array(list)) => {
-                let roles: Option<Vec<&str>> = list.iter().map(Value::as_str).collect();
+            Some(Claim::Str(r)) => vec![r.as_ref()],
+            Some(Claim::Array(list)) => {
+                let roles: Option<Vec<&str>> = list.iter().map(Claim::as_str).collect();
                 roles.ok_or_else(|| {
                     AuthError::new(TokenMalformed, "the `role` claim holds a value that is not a string")
                 })?
@@ -490,8 +492,8 @@ impl Authenticator {
             }
         };
         let scopes = match claims.get(&issuer.scope_claim) {
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
+            Some(Claim::Str(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Claim::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
             _ => Vec::new(),
         };
         let principal = Principal {
@@ -580,6 +582,168 @@ impl<'de> serde::Deserialize<'de> for StrictObject {
             }
         }
         d.deserialize_map(Visit)
+    }
+}
+
+/// A JWT payload as verification reads it: its top-level members in order, without
+/// building a JSON map. Like [`StrictObject`], it refuses a payload that names a member
+/// twice, and it accepts and refuses exactly the JSON that [`StrictObject`] does
+/// (nested values are checked as fully, then dropped).
+struct Claims<'a>(Vec<(Cow<'a, str>, Claim<'a>)>);
+
+impl<'a> Claims<'a> {
+    /// Above this many members, duplicates are found with a hash set, not by scanning.
+    const SCAN: usize = 32;
+
+    fn get(&self, name: &str) -> Option<&Claim<'a>> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+/// A claim's value: a string (borrowed from the decoded payload when it has no
+/// escapes), a number, an array, or anything else (`true`, `false`, `null`, an object).
+enum Claim<'a> {
+    Str(Cow<'a, str>),
+    Num(serde_json::Number),
+    Array(Vec<Claim<'a>>),
+    Other,
+}
+
+impl Claim<'_> {
+    fn as_str(&self) -> Option<&str> {
+        if let Claim::Str(s) = self { Some(s) } else { None }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Claims<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Claims<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Claims<'de>, A::Error> {
+                let mut members: Vec<(Cow<'de, str>, Claim<'de>)> = Vec::with_capacity(16);
+                let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
+                while let Some(name) = access.next_key::<Member<'de>>()? {
+                    let Member::Str(key) = name else {
+                        return Err(serde::de::Error::custom("a member name that is not a string"));
+                    };
+                    let seen = match &mut many {
+                        Some(set) => !set.insert(key.clone()),
+                        None => members.iter().any(|(k, _)| *k == key),
+                    };
+                    if seen {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE} {key:?}")));
+                    }
+                    members.push((key, access.next_value()?));
+                    if many.is_none() && members.len() > Claims::SCAN {
+                        many = Some(members.iter().map(|(k, _)| k.clone()).collect());
+                    }
+                }
+                Ok(Claims(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Claim<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess};
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Claim<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Claim<'de>, E> {
+                Ok(Claim::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Claim<'de>, E> {
+                Ok(Claim::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Claim<'de>, E> {
+                Ok(Claim::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Claim<'de>, E> {
+                Ok(Claim::Other)
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Claim<'de>, E> {
+                Ok(Claim::Num(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Claim<'de>, E> {
+                Ok(Claim::Num(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Claim<'de>, E> {
+                // As `serde_json::Value` does (JSON has no NaN or infinity).
+                Ok(serde_json::Number::from_f64(v).map_or(Claim::Other, Claim::Num))
+            }
+            fn visit_unit<E>(self) -> Result<Claim<'de>, E> {
+                Ok(Claim::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Claim<'de>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Claim::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claim<'de>, A::Error> {
+                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                Ok(Claim::Other)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// Any JSON value, read as fully as `serde_json::Value` reads it (numbers parsed and
+/// range-checked, strings checked), then dropped: what a nested object of a payload is.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess};
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 
@@ -742,7 +906,19 @@ fn sig_invalid(issuer: Option<&Issuer>) -> AuthError {
     )
 }
 
+/// Whether `signature` (base64url) signs `message` with `key` under `alg`. An HMAC is
+/// checked with the key prepared when it was loaded (the comparison is constant-time);
+/// every other algorithm goes through `jsonwebtoken`.
 fn signature_ok(key: &VerifyKey, alg: Algorithm, message: &str, signature: &str) -> bool {
+    if let Some(hmac) = key.hmac.as_deref().and_then(|h| h.get(alg)) {
+        // The longest tag (HS512) is 64 bytes, 86 characters; the room above it is
+        // for base64's length estimate. A longer signature cannot match.
+        let mut tag = [0u8; 96];
+        return match URL_SAFE_NO_PAD.decode_slice(signature, &mut tag) {
+            Ok(n) => aws_lc_rs::hmac::verify(hmac, message.as_bytes(), &tag[..n]).is_ok(),
+            Err(_) => false,
+        };
+    }
     jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg).unwrap_or(false)
 }
 
@@ -752,9 +928,9 @@ fn verify_signature(key: &VerifyKey, alg: Algorithm, message: &str, signature: &
 
 /// A NumericDate: a JSON number of seconds within the i64 range (fractions are cut).
 /// Anything else (a string, null, or a number beyond the range) is `token_malformed`.
-fn numeric_date(v: &Value, claim: &str) -> Result<i64, AuthError> {
+fn numeric_date(v: &Claim<'_>, claim: &str) -> Result<i64, AuthError> {
     let bad = || AuthError::new(ErrorCode::TokenMalformed, format!("the `{claim}` claim is not a number of seconds"));
-    let Value::Number(n) = v else { return Err(bad()) };
+    let Claim::Num(n) = v else { return Err(bad()) };
     if let Some(i) = n.as_i64() {
         return Ok(i);
     }
@@ -770,10 +946,10 @@ fn numeric_date(v: &Value, claim: &str) -> Result<i64, AuthError> {
 
 /// The tenant claim as text: a string as is, an integer (within 64 bits) as its
 /// decimal text; anything else (a fraction, bool, null, array, object) is `None`.
-fn tenant_text(v: &Value) -> Option<String> {
+fn tenant_text(v: &Claim<'_>) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => n.as_i64().map(|i| i.to_string()).or_else(|| n.as_u64().map(|u| u.to_string())),
+        Claim::Str(s) => Some(s.as_ref().to_owned()),
+        Claim::Num(n) => n.as_i64().map(|i| i.to_string()).or_else(|| n.as_u64().map(|u| u.to_string())),
         _ => None,
     }
 }
@@ -834,6 +1010,70 @@ mod tests {
                 }
                 (Err(a), Err(b)) => assert_eq!(a.message(), b.message(), "{case}"),
                 (a, b) => panic!("{case}: map {:?} but header {:?}", a.map(|_| ()), b.map(|_| ())),
+            }
+        }
+    }
+
+    /// The payload decoder used by verification must accept, refuse and read exactly
+    /// what the strict map (kept for `token inspect`) does.
+    #[test]
+    fn the_claims_decoder_agrees_with_the_strict_map() {
+        let mut cases: Vec<String> = [
+            r#"{"sub":"alice","exp":1,"aud":["a",2,"b"],"scope":"x y","tenant":7}"#,
+            r#"{"sub":"al\u0069ce","jti":"j\"1","nbf":1.5,"iat":-3,"role":["r",null]}"#,
+            r#"{"x":{"a":[1,{"b":null,"b":2}]},"y":[true,1.5,-2,[[]]],"z":null,"t":false}"#,
+            r#"{"sub":"alice","sub":"admin"}"#,
+            r#"{"sub":"alice","\u0073ub":"admin"}"#,
+            r#"{"exp":18446744073709551615,"iat":-9223372036854775808,"nbf":1e300}"#,
+            r#"{"exp":1e999}"#,
+            r#"{"x":{"deep":1e999}}"#,
+            r#"{"x":[{"deep":-1e999}]}"#,
+            r#"{}"#,
+            r#"["sub"]"#,
+            r#""alice""#,
+            r#"{"sub":"alice""#,
+            r#"{"sub":"alice"} x"#,
+            r#"{"sub":"alice",}"#,
+        ]
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+        // Many members (the hash-set path), with a late duplicate and without.
+        let many: Vec<String> = (0..100).map(|i| format!("\"m{i}\":{i}")).collect();
+        cases.push(format!("{{{}}}", many.join(",")));
+        cases.push(format!("{{{},\"m7\":0}}", many.join(",")));
+        fn show(v: &Value) -> String {
+            match v {
+                Value::String(s) => format!("str:{s}"),
+                Value::Number(n) => format!("num:{n}"),
+                Value::Array(a) => format!("[{}]", a.iter().map(show).collect::<Vec<_>>().join(",")),
+                _ => "other".to_owned(),
+            }
+        }
+        fn shown(c: &Claim<'_>) -> String {
+            match c {
+                Claim::Str(s) => format!("str:{s}"),
+                Claim::Num(n) => format!("num:{n}"),
+                Claim::Array(a) => format!("[{}]", a.iter().map(shown).collect::<Vec<_>>().join(",")),
+                Claim::Other => "other".to_owned(),
+            }
+        }
+        // Invalid UTF-8 inside a nested string.
+        let mut raw: Vec<Vec<u8>> = cases.iter().map(|c| c.as_bytes().to_vec()).collect();
+        raw.push(b"{\"x\":{\"s\":\"\xff\"}}".to_vec());
+        for case in &raw {
+            let label = String::from_utf8_lossy(case);
+            let map = json_object::<StrictObject>(case, "payload").map(|StrictObject(m)| m);
+            let typed = json_object::<Claims<'_>>(case, "payload");
+            match (map, typed) {
+                (Ok(m), Ok(c)) => {
+                    assert_eq!(m.len(), c.0.len(), "{label}");
+                    for (k, v) in &m {
+                        assert_eq!(Some(show(v)), c.get(k).map(shown), "{label}: {k}");
+                    }
+                }
+                (Err(a), Err(b)) => assert_eq!(a.message(), b.message(), "{label}"),
+                (a, b) => panic!("{label}: map {:?} but claims {:?}", a.map(|_| ()), b.map(|_| ())),
             }
         }
     }

@@ -953,7 +953,7 @@ impl SessionStore for Handle {
                         .attach
                         .key(meta)
                         .key(stream)
-                        .arg(&holder.node)
+                        .arg(&*holder.node)
                         .arg(holder.conn_id)
                         .arg(ttl)
                         .arg(ATTACHED_SCORE)
@@ -968,7 +968,7 @@ impl SessionStore for Handle {
                 1 if reply.len() == 3 => {
                     let node: String = redis::from_redis_value_ref(&reply[1]).unwrap_or_default();
                     let conn: String = redis::from_redis_value_ref(&reply[2]).unwrap_or_default();
-                    Ok(conn.parse().ok().map(|conn_id| Holder { node, conn_id }))
+                    Ok(conn.parse().ok().map(|conn_id| Holder { node: node.into(), conn_id }))
                 }
                 _ => Ok(None),
             }
@@ -987,7 +987,7 @@ impl SessionStore for Handle {
                         .detach
                         .key(meta)
                         .key(stream)
-                        .arg(&holder.node)
+                        .arg(&*holder.node)
                         .arg(holder.conn_id)
                         .arg(window)
                         .arg(sid)

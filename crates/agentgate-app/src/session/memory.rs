@@ -252,7 +252,7 @@ impl MemoryStore {
             self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
             // Still under the session's lock: publication order is seq order.
             if let Some(holder) = &st.holder {
-                let inbox = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).get(&holder.node).cloned();
+                let inbox = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).get(&*holder.node).cloned();
                 if let Some(inbox) = inbox {
                     inbox.event(session_id, Arc::clone(&stored));
                 }

@@ -96,8 +96,8 @@ pub struct History {
 /// Identifies one connection holding a session, across nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
-    /// Node id (random per process).
-    pub node: String,
+    /// Node id (random per process), shared.
+    pub node: std::sync::Arc<str>,
     /// Connection id within the node.
     pub conn_id: u64,
 }
