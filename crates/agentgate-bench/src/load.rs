@@ -93,11 +93,6 @@ pub(crate) async fn next_text(ws: &mut Ws) -> Result<String> {
     }
 }
 
-/// Connect and wait for the welcome.
-pub(crate) async fn open(target: &Target, src: Option<Ipv4Addr>, token: Option<&str>) -> Result<Ws> {
-    Ok(open_query(target, src, token, "").await?.0)
-}
-
 /// Connect to `/v1/ws?{query}` and wait for the welcome; returns it too.
 pub(crate) async fn open_query(
     target: &Target,
@@ -120,6 +115,115 @@ pub(crate) async fn close(mut ws: Ws) {
     while let Ok(Some(Ok(_))) = tokio::time::timeout(STEP, ws.next()).await {}
 }
 
+/// One whole handshake, as a lean client does it, so that the load generator costs as
+/// little as it can and the server is measured, not the client: connect from `src`,
+/// send the upgrade request (with the bearer when the server checks one), check the
+/// `101` and its `Sec-WebSocket-Accept`, read the first frame (the welcome: a text
+/// frame naming itself), send a masked close frame, read the server's close frame and
+/// the end of the stream. Every step is bounded by [`STEP`].
+pub(crate) async fn handshake(target: &Target, src: Ipv4Addr, token: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let work = async {
+        let sock = TcpSocket::new_v4()?;
+        sock.set_reuseaddr(true)?;
+        sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("bind {src}"))?;
+        let mut stream = sock.connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        let key = generate_key();
+        let mut req = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n",
+            target.addr
+        );
+        if target.auth {
+            req.push_str("Authorization: Bearer ");
+            req.push_str(token);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await?;
+        // The head, then the first frame (in the same read or not).
+        let mut buf = Vec::with_capacity(1024);
+        let head_end = loop {
+            if stream.read_buf(&mut buf).await? == 0 {
+                bail!("the server closed before answering the upgrade");
+            }
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 16 * 1024 {
+                bail!("no end of the response head within 16 KiB");
+            }
+        };
+        let head = std::str::from_utf8(&buf[..head_end]).context("the response head is not UTF-8")?;
+        if !head.starts_with("HTTP/1.1 101 ") {
+            bail!("expected 101, got {:?}", head.lines().next().unwrap_or(""));
+        }
+        let accept = derive_accept_key(key.as_bytes());
+        let accepted = head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| n.eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == accept)
+        });
+        if !accepted {
+            bail!("the 101 has no or a wrong Sec-WebSocket-Accept");
+        }
+        let frame = read_frame(&mut stream, &mut buf, head_end).await?;
+        const WELCOME: &[u8] = b"\"type\":\"welcome\"";
+        if frame.0 != 0x1 || !frame.1.windows(WELCOME.len()).any(|w| w == WELCOME) {
+            bail!("the first frame is not the welcome (opcode {})", frame.0);
+        }
+        // Close 1000, masked (RFC 6455 5.3: a client masks every frame).
+        let mask = rand_mask();
+        let code = 1000u16.to_be_bytes();
+        let close = [0x88, 0x82, mask[0], mask[1], mask[2], mask[3], code[0] ^ mask[0], code[1] ^ mask[1]];
+        stream.write_all(&close).await?;
+        let consumed = frame.2;
+        let reply = read_frame(&mut stream, &mut buf, consumed).await?;
+        if reply.0 != 0x8 {
+            bail!("expected the server's close frame, got opcode {}", reply.0);
+        }
+        // The server ends the TCP connection after the close handshake.
+        let mut rest = [0u8; 64];
+        while stream.read(&mut rest).await? != 0 {}
+        Ok(())
+    };
+    tokio::time::timeout(STEP, work).await.context("a handshake step timed out")?
+}
+
+/// Read one unmasked server frame that starts at `buf[at..]` (reading more as needed);
+/// returns its opcode, its payload and where the next frame starts.
+async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>, at: usize) -> Result<(u8, Vec<u8>, usize)> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let have = &buf[at..];
+        if have.len() >= 2 {
+            let (len, hdr) = match have[1] & 0x7f {
+                126 if have.len() >= 4 => (usize::from(u16::from_be_bytes([have[2], have[3]])), 4),
+                127 => bail!("a frame of more than 64 KiB"),
+                126 => (usize::MAX, 0),
+                n => (usize::from(n), 2),
+            };
+            if have[1] & 0x80 != 0 {
+                bail!("the server masked a frame");
+            }
+            if len != usize::MAX && have.len() >= hdr + len {
+                return Ok((have[0] & 0x0f, have[hdr..hdr + len].to_vec(), at + hdr + len));
+            }
+        }
+        if stream.read_buf(buf).await? == 0 {
+            bail!("the connection ended inside a frame");
+        }
+    }
+}
+
+/// A frame mask; it needs no strength against a loopback server.
+fn rand_mask() -> [u8; 4] {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0x9e37_79b9);
+    NEXT.fetch_add(0x6d2b_79f5, Ordering::Relaxed).to_le_bytes()
+}
+
 /// What one handshake round did.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Round {
@@ -128,8 +232,8 @@ pub(crate) struct Round {
     pub(crate) wall_s: f64,
 }
 
-/// Handshakes (connect, welcome, close) by `concurrency` clients until `duration`
-/// has passed or `max` have started; each client uses its own token.
+/// Handshakes ([`handshake`]: connect, welcome, close) by `concurrency` clients until
+/// `duration` has passed or `max` have started; each client uses its own token.
 pub(crate) async fn handshake_round(
     target: &Target,
     tokens: &[String],
@@ -150,11 +254,8 @@ pub(crate) async fn handshake_round(
                 // Rotating source addresses: plain connect() reuses ports that the server
                 // still holds in TIME_WAIT, and some handshakes then stall for a second.
                 i += concurrency;
-                match open(&target, Some(source(i)), Some(&token)).await {
-                    Ok(ws) => {
-                        close(ws).await;
-                        ok += 1;
-                    }
+                match handshake(&target, source(i), &token).await {
+                    Ok(()) => ok += 1,
                     Err(e) => {
                         failed += 1;
                         last_err = Some(e);
