@@ -43,13 +43,17 @@ pub struct Issuer {
     /// What `token mint` signs with, if anything.
     pub signing: Option<SigningKey>,
     keys: RwLock<Arc<Vec<VerifyKey>>>,
+    /// `jwt:<name>`, made once.
+    via: String,
 }
 
 impl Issuer {
     /// An issuer with its verification keys.
     pub fn new(name: impl Into<String>, algorithms: Vec<Algorithm>, keys: Vec<VerifyKey>) -> Self {
+        let name = name.into();
         Self {
-            name: name.into(),
+            via: format!("jwt:{name}"),
+            name,
             algorithms,
             issuer: None,
             audience: Vec::new(),
@@ -58,6 +62,11 @@ impl Issuer {
             signing: None,
             keys: RwLock::new(Arc::new(keys)),
         }
+    }
+
+    /// What its principals show as `via`: `jwt:<name>`.
+    pub fn via(&self) -> &str {
+        &self.via
     }
 
     /// A snapshot of the current keys (JWKS issuers replace them on refresh).

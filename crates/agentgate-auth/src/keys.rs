@@ -352,8 +352,14 @@ fn spki(alg_id: Vec<ASN1Block>, key_bits: &[u8]) -> Result<Vec<u8>, KeyError> {
 /// First 8 hex digits of SHA-256: how agentgate names a secret, key or token in logs
 /// and tools without revealing it.
 pub fn fingerprint(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(bytes);
-    hex::encode(&digest[..4])
+    let mut out = String::with_capacity(8);
+    for b in &digest[..4] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 #[cfg(test)]

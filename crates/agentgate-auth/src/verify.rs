@@ -501,7 +501,7 @@ impl Authenticator {
             subject,
             tenant,
             scopes,
-            via: format!("jwt:{}", issuer.name),
+            via: issuer.via().to_owned(),
             expires_at: Some(exp),
             jti,
             issued_at,

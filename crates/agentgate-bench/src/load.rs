@@ -169,8 +169,13 @@ pub(crate) async fn handshake(target: &Target, src: Ipv4Addr, token: &str) -> Re
             bail!("the 101 has no or a wrong Sec-WebSocket-Accept");
         }
         let frame = read_frame(&mut stream, &mut buf, head_end).await?;
-        const WELCOME: &[u8] = b"\"type\":\"welcome\"";
-        if frame.0 != 0x1 || !frame.1.windows(WELCOME.len()).any(|w| w == WELCOME) {
+        #[derive(serde::Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "type", borrow)]
+            ty: std::borrow::Cow<'a, str>,
+        }
+        let welcome = serde_json::from_slice::<Kind<'_>>(&frame.1).is_ok_and(|k| k.ty == "welcome");
+        if frame.0 != 0x1 || !welcome {
             bail!("the first frame is not the welcome (opcode {})", frame.0);
         }
         // Close 1000, masked (RFC 6455 5.3: a client masks every frame).
