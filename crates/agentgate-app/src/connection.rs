@@ -91,21 +91,23 @@ async fn open(
     request_id: String,
 ) -> Option<Live> {
     let gauge = crate::metrics::ConnectionGauge::open();
+    // The rare paths' futures are boxed: this future is allocated for every
+    // connection, and below 1 KiB it comes from the allocator's thread cache.
     let Some(tracked) = app.track_connection() else {
-        close(&mut socket, ErrorCode::ServerRestart).await;
+        Box::pin(close(&mut socket, ErrorCode::ServerRestart)).await;
         return None;
     };
     let (principal, resume, resumable, slots) = match start {
         Start::Authenticated { principal, resume, resumable, slots } => (principal, resume, resumable, slots),
         Start::AwaitAuth { resume, ip_slot } => {
             let (p, resume, resumable, slots) =
-                await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot).await?;
+                Box::pin(await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot)).await?;
             (Box::new(p), resume, resumable, slots)
         }
     };
     let conn_id = app.next_conn_id();
     let holder = Holder { node: app.node_id.clone(), conn_id };
-    let opened = Subscription::open(
+    let opened = Box::pin(Subscription::open(
         &app.backend,
         Arc::clone(&app.hub),
         holder,
@@ -113,7 +115,7 @@ async fn open(
         resume,
         resumable,
         OUTBOUND_QUEUE,
-    )
+    ))
     .await;
     let (sub, opened) = match opened {
         Ok(x) => x,
@@ -123,7 +125,7 @@ async fn open(
                 crate::session::StoreError::SessionLimit(_) => ErrorCode::TooManyConnections,
                 _ => ErrorCode::ServiceUnavailable,
             };
-            close(&mut socket, code).await;
+            Box::pin(close(&mut socket, code)).await;
             return None;
         }
     };
@@ -165,7 +167,7 @@ async fn open(
     match live.welcome(welcome, opened.replay, opened.resumed).await {
         Ok(()) => Some(live),
         Err(end) => {
-            live.finish(end).await;
+            Box::pin(live.finish(end)).await;
             None
         }
     }

@@ -317,7 +317,9 @@ pub(crate) enum Head {
 /// Read the first request head (at most `limit` bytes; a longer one goes to hyper,
 /// which answers 431). The caller bounds the time.
 pub(crate) async fn read_head(io: &mut Io, limit: usize) -> Head {
-    let mut buf = Vec::with_capacity(1024);
+    // Below glibc's large-chunk size (1 KiB), so that it comes from the thread cache;
+    // a longer head grows the buffer.
+    let mut buf = Vec::with_capacity(HEAD_BUFFER);
     loop {
         if buf.len() == buf.capacity() {
             buf.reserve(buf.len());
@@ -333,6 +335,9 @@ pub(crate) async fn read_head(io: &mut Io, limit: usize) -> Head {
         };
     }
 }
+
+/// The first read's buffer for a request head.
+const HEAD_BUFFER: usize = 1000;
 
 /// What a whole head is; the buffer back while the head is incomplete.
 ///
@@ -351,7 +356,7 @@ fn classify(buf: Vec<u8>) -> Result<Head, Vec<u8>> {
     };
     let leftover = buf[len..].to_vec();
     let shared = axum::body::Bytes::from(buf);
-    let mut headers = HeaderMap::with_capacity(names.len());
+    let mut headers = HeaderMap::with_capacity(names.iter().flatten().count());
     for (name, at) in names.into_iter().flatten() {
         // Checked by `websocket_request`: the same bytes are valid.
         let Ok(value) = HeaderValue::from_maybe_shared(shared.slice(at)) else {
