@@ -99,7 +99,7 @@ pub(crate) async fn principal_of(
     request_id: &str,
 ) -> Result<Principal, Rejection> {
     if credential.transport == credentials::Transport::Ticket {
-        ticket_principal(app, &credential.value, origin).await
+        Box::pin(ticket_principal(app, &credential.value, origin)).await
     } else {
         app.verify(&credential.value).await.map_err(|e| (e.code(), e.message().to_owned()))
     }

@@ -60,117 +60,148 @@ pub(crate) enum End {
 }
 
 /// The life of one upgraded connection: opening (first-message auth, attaching the
-/// session, the welcome and the replay), then the live loop, then the close.
+/// session), then the welcome and the replay, the live loop, and the close.
 ///
-/// Opening runs in its own heap allocation, freed when it ends; the future returned
-/// here then holds exactly a [`Live`] connection and its loop. This state is what
-/// each idle connection costs, so nothing transient is kept in it (measured in
+/// Opening runs in its own heap allocation, freed when it ends (kept below 1 KiB, so
+/// that it comes from the allocator's thread cache); the future returned here then
+/// holds exactly a [`Live`] connection and its loop. This state is what each idle
+/// connection costs, so nothing transient is kept in it (measured in
 /// docs/performance.md).
 pub(crate) fn run(
     app: Arc<AppState>,
-    socket: Socket,
+    mut socket: Socket,
     start: Start,
     remote: SocketAddr,
     request_id: String,
 ) -> impl std::future::Future<Output = ()> + Send {
     use futures_util::FutureExt;
     use futures_util::future::Either;
-    Box::pin(open(app, socket, start, remote, request_id)).then(|live| match live {
-        Some(live) => Either::Left(live.serve()),
+    type Opening = std::pin::Pin<Box<dyn std::future::Future<Output = Option<(Live, Greeting)>> + Send>>;
+    let gauge = crate::metrics::ConnectionGauge::open();
+    // Decided here, before any await, so that the opening's own future holds each
+    // part once. The rare paths (shutdown, first-message auth) are futures of their own.
+    let opening: Opening = match (app.track_connection(), start) {
+        (None, _) => Box::pin(async move {
+            close(&mut socket, ErrorCode::ServerRestart).await;
+            drop(gauge);
+            None
+        }),
+        (Some(tracked), Start::Authenticated { principal, resume, resumable, slots }) => {
+            let ready = Opened { app, socket, guards: (gauge, tracked), remote, request_id };
+            Box::pin(open(ready, principal, resume, resumable, slots))
+        }
+        (Some(tracked), Start::AwaitAuth { resume, ip_slot }) => Box::pin(async move {
+            let (p, resume, resumable, slots) =
+                await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot).await?;
+            let ready = Opened { app, socket, guards: (gauge, tracked), remote, request_id };
+            open(ready, Box::new(p), resume, resumable, slots).await
+        }),
+    };
+    opening.then(|opened| match opened {
+        Some((live, greeting)) => Either::Left(live.serve(greeting)),
         None => Either::Right(std::future::ready(())),
     })
 }
 
-/// Authenticate (first-message auth), attach the session and send the welcome and the
-/// replay; `None` when the connection ended meanwhile (it is closed then).
-async fn open(
+/// An upgraded, authenticated connection before its session is attached.
+struct Opened {
     app: Arc<AppState>,
-    mut socket: Socket,
-    start: Start,
+    socket: Socket,
+    /// The open-connection gauge and the shutdown tracker.
+    guards: (crate::metrics::ConnectionGauge, crate::state::Tracked),
     remote: SocketAddr,
     request_id: String,
-) -> Option<Live> {
-    let gauge = crate::metrics::ConnectionGauge::open();
-    // The rare paths' futures are boxed: this future is allocated for every
-    // connection, and below 1 KiB it comes from the allocator's thread cache.
-    let Some(tracked) = app.track_connection() else {
-        Box::pin(close(&mut socket, ErrorCode::ServerRestart)).await;
-        return None;
-    };
-    let (principal, resume, resumable, slots) = match start {
-        Start::Authenticated { principal, resume, resumable, slots } => (principal, resume, resumable, slots),
-        Start::AwaitAuth { resume, ip_slot } => {
-            let (p, resume, resumable, slots) =
-                Box::pin(await_auth(&app, &mut socket, resume, remote, &request_id, ip_slot)).await?;
-            (Box::new(p), resume, resumable, slots)
-        }
-    };
-    let conn_id = app.next_conn_id();
-    let holder = Holder { node: app.node_id.clone(), conn_id };
-    let opened = Box::pin(Subscription::open(
-        &app.backend,
-        Arc::clone(&app.hub),
-        holder,
-        slots.1.key(),
-        resume,
-        resumable,
-        OUTBOUND_QUEUE,
-    ))
-    .await;
-    let (sub, opened) = match opened {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!(conn_id, request_id = %request_id, error = %e, "cannot attach a session");
-            let code = match e {
-                crate::session::StoreError::SessionLimit(_) => ErrorCode::TooManyConnections,
-                _ => ErrorCode::ServiceUnavailable,
-            };
-            Box::pin(close(&mut socket, code)).await;
-            return None;
-        }
-    };
-    // Debug, not info: one line per connection costs about 7% of a handshake's CPU
-    // (docs/performance.md). Refusals and server-side closes stay at info; accepted
-    // connections are counted in `agentgate_handshakes_total`.
-    tracing::debug!(
-        conn_id,
-        request_id = %request_id,
-        session_id = %opened.session_id,
-        subject = %principal.subject,
-        via = %principal.via,
-        token_fp = %principal.token_fp,
-        remote = %remote,
-        resumed = opened.resumed,
-        replayed = opened.replay.len(),
-        "connection accepted"
-    );
-    let welcome = Welcome {
-        ty: "welcome",
-        protocol: PROTOCOL_V1,
-        session_id: &opened.session_id,
-        resumed: opened.resumed,
-        resume_error: opened.resume_error,
-        first_seq: opened.first_seq,
-        principal: PrincipalInfo {
-            subject: &principal.subject,
-            tenant: principal.tenant.as_deref(),
-            scopes: &principal.scopes,
-            via: &principal.via,
-        },
-        expires_at: principal.expires_at,
-        heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
-    };
-    let welcome = serde_json::to_string(&welcome).unwrap_or_default();
-    let interrupts = crate::interrupts::Interrupts::new(&app);
-    let mut live =
-        Live { app, socket, sub, principal, conn_id, interrupts, ended: None, _guards: (gauge, tracked, slots) };
-    match live.welcome(welcome, opened.replay, opened.resumed).await {
-        Ok(()) => Some(live),
-        Err(end) => {
-            Box::pin(live.finish(end)).await;
-            None
-        }
+}
+
+/// Attach the session of an authenticated connection and hold the welcome back for
+/// the live connection to write (with the 101); `None` when that failed (the
+/// connection is closed then).
+///
+/// This future is allocated for every connection; below 1 KiB it comes from the
+/// allocator's thread cache, so its parts are used in place, never copied into
+/// locals, and its rare paths are boxed.
+#[allow(clippy::manual_async_fn)] // deliberate: an `async fn` keeps a second copy of its arguments
+fn open(
+    mut o: Opened,
+    principal: Box<Principal>,
+    resume: Option<(String, u64)>,
+    resumable: bool,
+    slots: Slots,
+) -> impl std::future::Future<Output = Option<(Live, Greeting)>> + Send {
+    async move {
+        let app = &o.app;
+        let conn_id = app.next_conn_id();
+        let holder = Holder { node: app.node_id.clone(), conn_id };
+        let opened = Box::pin(Subscription::open(
+            &app.backend,
+            Arc::clone(&app.hub),
+            holder,
+            slots.1.key(),
+            resume,
+            resumable,
+            OUTBOUND_QUEUE,
+        ))
+        .await;
+        let (sub, opened) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(conn_id, request_id = %o.request_id, error = %e, "cannot attach a session");
+                let code = match e {
+                    crate::session::StoreError::SessionLimit(_) => ErrorCode::TooManyConnections,
+                    _ => ErrorCode::ServiceUnavailable,
+                };
+                Box::pin(close(&mut o.socket, code)).await;
+                return None;
+            }
+        };
+        // Debug, not info: one line per connection costs about 7% of a handshake's CPU
+        // (docs/performance.md). Refusals and server-side closes stay at info; accepted
+        // connections are counted in `agentgate_handshakes_total`.
+        tracing::debug!(
+            conn_id,
+            request_id = %o.request_id,
+            session_id = %opened.session_id,
+            subject = %principal.subject,
+            via = %principal.via,
+            token_fp = %principal.token_fp,
+            remote = %o.remote,
+            resumed = opened.resumed,
+            replayed = opened.replay.len(),
+            "connection accepted"
+        );
+        let welcome = Welcome {
+            ty: "welcome",
+            protocol: PROTOCOL_V1,
+            session_id: &opened.session_id,
+            resumed: opened.resumed,
+            resume_error: opened.resume_error,
+            first_seq: opened.first_seq,
+            principal: PrincipalInfo {
+                subject: &principal.subject,
+                tenant: principal.tenant.as_deref(),
+                scopes: &principal.scopes,
+                via: &principal.via,
+            },
+            expires_at: principal.expires_at,
+            heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
+        };
+        let welcome = serde_json::to_string(&welcome).unwrap_or_default();
+        let interrupts = crate::interrupts::Interrupts::new(app);
+        // Written with the 101 (held back until now), in one segment, by the live
+        // connection's first write.
+        o.socket.get_mut().cork_text(welcome);
+        let Opened { app, socket, guards: (gauge, tracked), .. } = o;
+        let live =
+            Live { app, socket, sub, principal, conn_id, interrupts, ended: None, _guards: (gauge, tracked, slots) };
+        Some((live, Greeting { replay: opened.replay, resumed: opened.resumed }))
     }
+}
+
+/// What a live connection sends first, after the welcome held back in its socket.
+struct Greeting {
+    /// Events of a resumed session after the client's `last_seq`.
+    replay: Vec<crate::session::StoredEvent>,
+    resumed: bool,
 }
 
 /// A live connection: everything it holds for its life.
@@ -189,11 +220,14 @@ struct Live {
 }
 
 impl Live {
-    /// The live loop, then the close.
+    /// The welcome and the replay, the live loop, then the close.
     #[allow(clippy::manual_async_fn)] // deliberate: an `async fn` keeps a second copy of `self`
-    fn serve(mut self) -> impl std::future::Future<Output = ()> + Send {
+    fn serve(mut self, greeting: Greeting) -> impl std::future::Future<Output = ()> + Send {
         async move {
-            let end = self.serve_loop().await;
+            let end = match self.welcome(greeting).await {
+                Ok(()) => self.serve_loop().await,
+                Err(end) => end,
+            };
             self.finish(end).await;
         }
     }
@@ -216,14 +250,9 @@ impl Live {
         }
     }
     /// The welcome, then the replay, each write bounded like every other.
-    async fn welcome(
-        &mut self,
-        welcome: String,
-        replay: Vec<crate::session::StoredEvent>,
-        resumed: bool,
-    ) -> Result<(), End> {
-        // Written with the 101 (held back until now), in one segment.
-        self.socket.get_mut().cork_text(welcome);
+    async fn welcome(&mut self, greeting: Greeting) -> Result<(), End> {
+        let Greeting { replay, resumed } = greeting;
+        // The 101 and the welcome, held back in the socket until now.
         self.write(None).await?;
         crate::metrics::accepted(resumed);
         for event in replay {

@@ -112,7 +112,7 @@ pub(crate) async fn ws_via_hyper(
         None
     };
     let query = upgrade::parse_query(req.uri().query());
-    let answer = upgrade::answer(&app, &target, req.headers(), &query, remote, on_upgrade.is_some()).await;
+    let answer = upgrade::answer(&app, &target, req.headers(), &query, &remote, on_upgrade.is_some()).await;
     upgrade::hyper_answer(app, answer, on_upgrade, remote)
 }
 
@@ -123,10 +123,10 @@ pub(crate) async fn decide(
     headers: &HeaderMap,
     query: &[(String, String)],
     origin: Option<&str>,
-    remote: SocketAddr,
+    remote: &SocketAddr,
     request_id: &str,
 ) -> Result<Start, Rejection> {
-    let ip_slot = admission::admit_ip(app, remote, request_id)?;
+    let ip_slot = admission::admit_ip(app, *remote, request_id)?;
     admission::check_origin(app, headers, origin, request_id)?;
     admission::check_backend(app, request_id)?;
     let found = credentials::extract(headers, query, Endpoint::Agent, app.config.auth.query_token)
@@ -142,6 +142,8 @@ pub(crate) async fn decide(
         }
     };
     let principal = admission::principal_of(app, &credential, origin, request_id).await?;
+    // Not kept across the awaits below (this future's size is every handshake's).
+    drop(credential);
     let principal_slot = admission::admit_principal(app, &principal).map_err(|(code, msg)| {
         let mut r = Rejection::new(code, msg, request_id).with_token_fp(Some(principal.token_fp.clone()));
         r.retry_after_s = Some(1);

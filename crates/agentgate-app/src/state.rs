@@ -148,8 +148,10 @@ impl AppState {
         match self.auth.verify(token, now) {
             Err(e) if e.code() == agentgate_protocol::ErrorCode::KeyUnknown && !self.config.jwks.is_empty() => {
                 let mut changed = false;
+                // Boxed: a fetch's state is large, and every handshake's future would
+                // reserve room for it.
                 for source in &self.config.jwks {
-                    changed |= source.refetch_for_unknown_kid(&self.http).await;
+                    changed |= Box::pin(source.refetch_for_unknown_kid(&self.http)).await;
                 }
                 if changed { self.auth.verify(token, crate::telemetry::unix_now()) } else { Err(e) }
             }

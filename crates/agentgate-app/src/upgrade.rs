@@ -477,21 +477,25 @@ pub(crate) async fn answer(
     target: &Target,
     headers: &HeaderMap,
     query: &[(String, String)],
-    remote: SocketAddr,
+    remote: &SocketAddr,
     upgradable: bool,
 ) -> Answer {
     let request_id = id::request_id();
-    let origin = headers.get(ORIGIN).map(|o| o.to_str().unwrap_or("").to_owned());
+    // The origin is read where it is passed, not held across the decision: this
+    // future's size is every handshake's (below 1 KiB, the allocator's thread cache).
     let decision = match target {
         Target::Agent => {
             let started = std::time::Instant::now();
-            let decision = crate::routes::decide(app, headers, query, origin.as_deref(), remote, &request_id).await;
+            let decision = crate::routes::decide(app, headers, query, origin_of(headers), remote, &request_id).await;
             crate::metrics::handshake_decided(started.elapsed(), decision.is_ok());
             decision.map(Then::Agent)
         }
-        Target::Mcp(server) => crate::mcp::decide(app, server, headers, query, origin.as_deref(), remote, &request_id)
-            .await
-            .map(|a| Then::Mcp(Box::new(a))),
+        // Boxed: the rarer path's state should not size every agent handshake's.
+        Target::Mcp(server) => {
+            Box::pin(crate::mcp::decide(app, server, headers, query, origin_of(headers), *remote, &request_id))
+                .await
+                .map(|a| Then::Mcp(Box::new(a)))
+        }
     };
     let key = if upgradable { websocket_key(headers) } else { None };
     let has_origin = headers.contains_key(ORIGIN);
@@ -506,11 +510,11 @@ pub(crate) async fn answer(
                 "this endpoint speaks WebSocket only; send an upgrade request (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
                 &request_id,
             );
-            telemetry::log_rejection(&r, remote);
+            telemetry::log_rejection(&r, *remote);
             Answer::Http(r.into_http(profile))
         }
         (Err(r), key) => {
-            telemetry::log_rejection(&r, remote);
+            telemetry::log_rejection(&r, *remote);
             let as_close = match app.config.server.failure_mode {
                 FailureMode::Http => false,
                 FailureMode::Close => true,
@@ -527,6 +531,11 @@ pub(crate) async fn answer(
             }
         }
     }
+}
+
+/// The request's `Origin`, if any (a value that is not text reads as empty).
+fn origin_of(headers: &HeaderMap) -> Option<&str> {
+    headers.get(ORIGIN).map(|o| o.to_str().unwrap_or(""))
 }
 
 /// The subprotocol to select: `agentgate.v1` or `mcp`, whichever the client offered
@@ -618,7 +627,7 @@ pub(crate) async fn accept_raw(
     let WsRequest { target, headers, query, leftover } = *req;
     // Boxed: verifying may fetch a JWKS, a large future that the connection's task
     // should not reserve room for.
-    let answer = Box::pin(answer(&app, &target, &headers, &query, remote, true)).await;
+    let answer = Box::pin(answer(&app, &target, &headers, &query, &remote, true)).await;
     drop((target, headers, query));
     let write_timeout = app.config.server.write_timeout;
     match answer {
