@@ -254,16 +254,16 @@ impl Authenticator {
             _ => return Err(AuthError::new(TokenMalformed, "a JWT has three dot-separated parts")),
         };
         let header_bytes = decode_part(h64, "header")?;
-        let header = json_object::<JoseHeader<'_>>(&header_bytes, "header")?;
+        let header = json_object::<Members<'_>>(&header_bytes, "header")?;
         if trace.record {
             trace.header = Some(decode_object(h64, "header")?);
         }
         let payload = decode_part(p64, "payload")?;
-        let claims = json_object::<Claims<'_>>(&payload, "payload")?;
+        let claims = json_object::<Members<'_>>(&payload, "payload")?;
         if trace.record {
             trace.claims = Some(decode_object(p64, "payload")?);
         }
-        if header.crit {
+        if header.contains_key("crit") {
             // RFC 7515 4.1.11: extensions listed in `crit` must be understood; agentgate
             // implements none, so such a token cannot be verified safely.
             return Err(AuthError::new(
@@ -271,18 +271,18 @@ impl Authenticator {
                 "the JWT header's `crit` lists extensions agentgate does not implement",
             ));
         }
-        let alg = match &header.alg {
-            Member::Str(a) => a.as_ref(),
-            Member::Other => return Err(AuthError::new(AlgorithmNotAllowed, "the JWT header's `alg` is not a string")),
-            Member::Absent => return Err(AuthError::new(AlgorithmNotAllowed, "the JWT header has no `alg`")),
+        let alg = match header.get("alg") {
+            Some(Claim::Str(a)) => a.as_ref(),
+            Some(_) => return Err(AuthError::new(AlgorithmNotAllowed, "the JWT header's `alg` is not a string")),
+            None => return Err(AuthError::new(AlgorithmNotAllowed, "the JWT header has no `alg`")),
         };
         let alg = parse_alg(alg)?;
 
         // Step 2: choose the issuer.
-        let kid = match &header.kid {
-            Member::Absent => None,
-            Member::Str(k) => Some(k.as_ref()),
-            Member::Other => return Err(AuthError::new(TokenMalformed, "the JWT header's `kid` is not a string")),
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Claim::Str(k)) => Some(k.as_ref()),
+            Some(_) => return Err(AuthError::new(TokenMalformed, "the JWT header's `kid` is not a string")),
         };
         let iss = match claims.get("iss") {
             None => None,
@@ -371,7 +371,7 @@ impl Authenticator {
     fn check_claims(
         &self,
         issuer: &Issuer,
-        claims: &Claims<'_>,
+        claims: &Members<'_>,
         now: i64,
         token: &str,
     ) -> Result<Principal, AuthError> {
@@ -585,13 +585,13 @@ impl<'de> serde::Deserialize<'de> for StrictObject {
     }
 }
 
-/// A JWT payload as verification reads it: its top-level members in order, without
-/// building a JSON map. Like [`StrictObject`], it refuses a payload that names a member
-/// twice, and it accepts and refuses exactly the JSON that [`StrictObject`] does
-/// (nested values are checked as fully, then dropped).
-struct Claims<'a>(Vec<(Cow<'a, str>, Claim<'a>)>);
+/// A JWT part (JOSE header or payload) as verification reads it: its top-level members
+/// in order, without building a JSON map. Like [`StrictObject`], it refuses a part
+/// that names a member twice, and it accepts and refuses exactly the JSON that
+/// [`StrictObject`] does (nested objects are checked as fully, then dropped).
+struct Members<'a>(Vec<(Cow<'a, str>, Claim<'a>)>);
 
-impl<'a> Claims<'a> {
+impl<'a> Members<'a> {
     /// Above this many members, duplicates are found with a hash set, not by scanning.
     const SCAN: usize = 32;
 
@@ -619,19 +619,19 @@ impl Claim<'_> {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Claims<'de> {
+impl<'de> serde::Deserialize<'de> for Members<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visit;
         impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Claims<'de>;
+            type Value = Members<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Claims<'de>, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Members<'de>, A::Error> {
                 let mut members: Vec<(Cow<'de, str>, Claim<'de>)> = Vec::with_capacity(16);
                 let mut many: Option<std::collections::HashSet<Cow<'de, str>>> = None;
-                while let Some(name) = access.next_key::<Member<'de>>()? {
-                    let Member::Str(key) = name else {
+                while let Some(name) = access.next_key::<Claim<'de>>()? {
+                    let Claim::Str(key) = name else {
                         return Err(serde::de::Error::custom("a member name that is not a string"));
                     };
                     let seen = match &mut many {
@@ -642,11 +642,11 @@ impl<'de> serde::Deserialize<'de> for Claims<'de> {
                         return Err(serde::de::Error::custom(format!("{DUPLICATE} {key:?}")));
                     }
                     members.push((key, access.next_value()?));
-                    if many.is_none() && members.len() > Claims::SCAN {
+                    if many.is_none() && members.len() > Members::SCAN {
                         many = Some(members.iter().map(|(k, _)| k.clone()).collect());
                     }
                 }
-                Ok(Claims(members))
+                Ok(Members(members))
             }
         }
         d.deserialize_map(Visit)
@@ -744,109 +744,6 @@ impl<'de> serde::Deserialize<'de> for Checked {
             }
         }
         d.deserialize_any(Visit)
-    }
-}
-
-/// What verification reads of a JOSE header, decoded without building a JSON map:
-/// `alg`, `kid`, and whether `crit` is present. Like [`StrictObject`], it refuses a
-/// header that names a member twice; other members are checked to be valid JSON and
-/// skipped.
-struct JoseHeader<'a> {
-    alg: Member<'a>,
-    kid: Member<'a>,
-    crit: bool,
-}
-
-/// A header member: absent, a string (borrowed from the decoded bytes when it has no
-/// escapes), or a value of another type.
-enum Member<'a> {
-    Absent,
-    Str(std::borrow::Cow<'a, str>),
-    Other,
-}
-
-impl<'de> serde::Deserialize<'de> for Member<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess};
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Member<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Member<'de>, E> {
-                Ok(Member::Str(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Member<'de>, E> {
-                Ok(Member::Str(std::borrow::Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Member<'de>, E> {
-                Ok(Member::Str(std::borrow::Cow::Owned(v)))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Member<'de>, E> {
-                Ok(Member::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Member<'de>, E> {
-                Ok(Member::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Member<'de>, E> {
-                Ok(Member::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Member<'de>, E> {
-                Ok(Member::Other)
-            }
-            fn visit_unit<E>(self) -> Result<Member<'de>, E> {
-                Ok(Member::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Member<'de>, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Member::Other)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Member<'de>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Member::Other)
-            }
-        }
-        d.deserialize_any(Visit)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for JoseHeader<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = JoseHeader<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<JoseHeader<'de>, A::Error> {
-                let mut seen = std::collections::BTreeSet::new();
-                let mut header = JoseHeader { alg: Member::Absent, kid: Member::Absent, crit: false };
-                // A member name reads as a string `Member` (JSON names are strings).
-                while let Some(name) = access.next_key::<Member<'de>>()? {
-                    let Member::Str(key) = name else {
-                        return Err(serde::de::Error::custom("a member name that is not a string"));
-                    };
-                    if seen.contains(&key) {
-                        return Err(serde::de::Error::custom(format!("{DUPLICATE} {key:?}")));
-                    }
-                    match key.as_ref() {
-                        "alg" => header.alg = access.next_value()?,
-                        "kid" => header.kid = access.next_value()?,
-                        "crit" => {
-                            header.crit = true;
-                            access.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                        _ => {
-                            access.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
-                    seen.insert(key);
-                }
-                Ok(header)
-            }
-        }
-        d.deserialize_map(Visit)
     }
 }
 
@@ -988,10 +885,12 @@ mod tests {
             r#"{"alg":"HS256""#,
             r#"{"alg":"HS256"} x"#,
             r#"{"alg":"HS256",}"#,
+            r#"{"alg":"HS256","x":{"deep":[1e999]}}"#,
+            r#"{"alg":"HS256","crit":[-1e999]}"#,
         ];
         for case in cases {
             let map = json_object::<StrictObject>(case.as_bytes(), "header").map(|StrictObject(m)| m);
-            let typed = json_object::<JoseHeader<'_>>(case.as_bytes(), "header");
+            let typed = json_object::<Members<'_>>(case.as_bytes(), "header");
             match (map, typed) {
                 (Ok(m), Ok(h)) => {
                     let member = |v: Option<&Value>| match v {
@@ -999,14 +898,14 @@ mod tests {
                         Some(Value::String(s)) => format!("str:{s}"),
                         Some(_) => "other".to_owned(),
                     };
-                    let typed = |m: &Member<'_>| match m {
-                        Member::Absent => "absent".to_owned(),
-                        Member::Str(s) => format!("str:{s}"),
-                        Member::Other => "other".to_owned(),
+                    let typed = |m: Option<&Claim<'_>>| match m {
+                        None => "absent".to_owned(),
+                        Some(Claim::Str(s)) => format!("str:{s}"),
+                        Some(_) => "other".to_owned(),
                     };
-                    assert_eq!(member(m.get("alg")), typed(&h.alg), "{case}");
-                    assert_eq!(member(m.get("kid")), typed(&h.kid), "{case}");
-                    assert_eq!(m.contains_key("crit"), h.crit, "{case}");
+                    assert_eq!(member(m.get("alg")), typed(h.get("alg")), "{case}");
+                    assert_eq!(member(m.get("kid")), typed(h.get("kid")), "{case}");
+                    assert_eq!(m.contains_key("crit"), h.contains_key("crit"), "{case}");
                 }
                 (Err(a), Err(b)) => assert_eq!(a.message(), b.message(), "{case}"),
                 (a, b) => panic!("{case}: map {:?} but header {:?}", a.map(|_| ()), b.map(|_| ())),
@@ -1064,7 +963,7 @@ mod tests {
         for case in &raw {
             let label = String::from_utf8_lossy(case);
             let map = json_object::<StrictObject>(case, "payload").map(|StrictObject(m)| m);
-            let typed = json_object::<Claims<'_>>(case, "payload");
+            let typed = json_object::<Members<'_>>(case, "payload");
             match (map, typed) {
                 (Ok(m), Ok(c)) => {
                     assert_eq!(m.len(), c.0.len(), "{label}");
