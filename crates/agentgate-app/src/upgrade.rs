@@ -351,7 +351,7 @@ fn classify(buf: Vec<u8>) -> Result<Head, Vec<u8>> {
         Ok(httparse::Status::Partial) => return Err(buf),
         Err(_) => return Ok(Head::Other(buf)),
     };
-    let Some((target, query, names)) = websocket_request(&req, buf.as_ptr()) else {
+    let Some((target, query, names)) = websocket_request(&req, &buf) else {
         return Ok(Head::Other(buf));
     };
     let leftover = buf[len..].to_vec();
@@ -367,13 +367,12 @@ fn classify(buf: Vec<u8>) -> Result<Head, Vec<u8>> {
     Ok(Head::WebSocket(Box::new(WsRequest { target, headers, query, leftover })))
 }
 
-/// The header names of a request and where their values are in its buffer (which
-/// starts at `base`).
+/// The header names of a request and where their values are in its buffer.
 type HeaderSpans = [Option<(HeaderName, std::ops::Range<usize>)>; MAX_HEADERS];
 
 /// The parts of a `GET` WebSocket upgrade (HTTP/1.1, no body) for one of our
 /// endpoints; `None` for anything else.
-fn websocket_request(req: &httparse::Request<'_, '_>, base: *const u8) -> Option<(Target, Query, HeaderSpans)> {
+fn websocket_request(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Option<(Target, Query, HeaderSpans)> {
     if req.method? != "GET" || req.version? != 1 {
         return None;
     }
@@ -392,8 +391,8 @@ fn websocket_request(req: &httparse::Request<'_, '_>, base: *const u8) -> Option
         } else if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && h.value != b"0") {
             body = true;
         }
-        // `h.value` borrows from the buffer that starts at `base`.
-        let start = (h.value.as_ptr() as usize).checked_sub(base as usize)?;
+        // `h.value` is a slice of `buf` (httparse parsed it), so this is its offset.
+        let start = (h.value.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
         *span = Some((name, start..start + h.value.len()));
     }
     if !upgrade || body {

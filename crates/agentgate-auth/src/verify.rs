@@ -588,7 +588,7 @@ impl<'de> serde::Deserialize<'de> for StrictObject {
 /// A JWT part (JOSE header or payload) as verification reads it: its top-level members
 /// in order, without building a JSON map. Like [`StrictObject`], it refuses a part
 /// that names a member twice, and it accepts and refuses exactly the JSON that
-/// [`StrictObject`] does (nested objects are checked as fully, then dropped).
+/// [`StrictObject`] does (nested objects are read as fully, then dropped).
 struct Members<'a>(Vec<(Cow<'a, str>, Claim<'a>)>);
 
 impl<'a> Members<'a> {
@@ -695,52 +695,10 @@ impl<'de> serde::Deserialize<'de> for Claim<'de> {
                 Ok(Claim::Array(items))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claim<'de>, A::Error> {
-                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                // Read as fully as `serde_json::Value` reads it (numbers range-checked,
+                // strings checked), then dropped: verification reads no nested object.
+                while map.next_entry::<Claim<'de>, Claim<'de>>()?.is_some() {}
                 Ok(Claim::Other)
-            }
-        }
-        d.deserialize_any(Visit)
-    }
-}
-
-/// Any JSON value, read as fully as `serde_json::Value` reads it (numbers parsed and
-/// range-checked, strings checked), then dropped: what a nested object of a payload is.
-struct Checked;
-
-impl<'de> serde::Deserialize<'de> for Checked {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{MapAccess, SeqAccess};
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Checked;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_unit<E>(self) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-                while seq.next_element::<Checked>()?.is_some() {}
-                Ok(Checked)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-                while map.next_entry::<Checked, Checked>()?.is_some() {}
-                Ok(Checked)
             }
         }
         d.deserialize_any(Visit)
