@@ -16,7 +16,7 @@ use axum::http::header::ORIGIN;
 use crate::credentials;
 use crate::error::Rejection;
 use crate::limits::Slot;
-use crate::session::Owner;
+use crate::session::{FastHash, Owner};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -132,7 +132,7 @@ async fn ticket_principal(
 }
 
 /// Take a place in the principal's connection count.
-pub(crate) fn admit_principal(app: &AppState, p: &Principal) -> Result<Slot<Owner>, (ErrorCode, String)> {
+pub(crate) fn admit_principal(app: &AppState, p: &Principal) -> Result<Slot<Owner, FastHash>, (ErrorCode, String)> {
     app.limits.per_principal.acquire(Owner::of(p)).ok_or_else(|| {
         (
             ErrorCode::TooManyConnections,

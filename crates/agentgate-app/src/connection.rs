@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::limits::Slot;
 use crate::runs::RunStatus;
-use crate::session::{Delivery, Holder, Owner, Subscription};
+use crate::session::{Delivery, FastHash, Holder, Owner, Subscription};
 use crate::state::AppState;
 use crate::telemetry;
 use crate::upgrade::Socket;
@@ -47,7 +47,7 @@ pub(crate) enum Start {
 }
 
 /// The connection's places in the per-IP and per-principal counts, held until it ends.
-pub(crate) type Slots = (Slot<IpAddr>, Slot<Owner>);
+pub(crate) type Slots = (Slot<IpAddr>, Slot<Owner, FastHash>);
 
 /// Why a connection loop ended.
 pub(crate) enum End {
@@ -185,7 +185,7 @@ fn open(
             expires_at: principal.expires_at,
             heartbeat_ms: u64::try_from(app.config.server.heartbeat.as_millis()).unwrap_or(u64::MAX),
         };
-        let welcome = serde_json::to_string(&welcome).unwrap_or_default();
+        let welcome = welcome.to_json();
         let interrupts = crate::interrupts::Interrupts::new(app);
         // Written with the 101 (held back until now), in one segment, by the live
         // connection's first write.

@@ -4,7 +4,7 @@
 //! connection that ends in any way frees its place.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -15,30 +15,32 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::config::LimitsConfig;
-use crate::session::Owner;
+use crate::session::{FastHash, Owner};
 
-/// Counts open connections per key, up to a cap.
+/// Counts open connections per key, up to a cap. `S` hashes the keys: SipHash (the
+/// default) for keys a client chooses, such as its IP address; see
+/// [`crate::session::FastHash`] for keys it cannot.
 #[derive(Debug)]
-pub struct Counter<K: Eq + Hash> {
-    counts: Mutex<HashMap<K, usize>>,
+pub struct Counter<K: Eq + Hash, S = RandomState> {
+    counts: Mutex<HashMap<K, usize, S>>,
     cap: usize,
 }
 
 /// One counted place; dropping it gives the place back.
 #[derive(Debug)]
-pub struct Slot<K: Eq + Hash + Clone> {
-    counter: Arc<Counter<K>>,
+pub struct Slot<K: Eq + Hash + Clone, S: BuildHasher = RandomState> {
+    counter: Arc<Counter<K, S>>,
     key: K,
 }
 
-impl<K: Eq + Hash + Clone> Counter<K> {
+impl<K: Eq + Hash + Clone, S: BuildHasher + Default> Counter<K, S> {
     /// A counter allowing `cap` per key.
     pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self { counts: Mutex::new(HashMap::new()), cap })
+        Arc::new(Self { counts: Mutex::new(HashMap::default()), cap })
     }
 
     /// Take a place for `key`, or `None` when it already holds `cap`.
-    pub fn acquire(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
+    pub fn acquire(self: &Arc<Self>, key: K) -> Option<Slot<K, S>> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         match counts.get_mut(&key) {
             Some(n) if *n >= self.cap => return None,
@@ -58,14 +60,14 @@ impl<K: Eq + Hash + Clone> Counter<K> {
     }
 }
 
-impl<K: Eq + Hash + Clone> Slot<K> {
+impl<K: Eq + Hash + Clone, S: BuildHasher> Slot<K, S> {
     /// The key this place is counted under.
     pub fn key(&self) -> &K {
         &self.key
     }
 }
 
-impl<K: Eq + Hash + Clone> Drop for Slot<K> {
+impl<K: Eq + Hash + Clone, S: BuildHasher> Drop for Slot<K, S> {
     fn drop(&mut self) {
         let mut counts = self.counter.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&self.key) {
@@ -87,7 +89,7 @@ pub struct Limits {
     /// Open connections per IP.
     pub per_ip: Arc<Counter<IpAddr>>,
     /// Open connections per principal (subject and tenant).
-    pub per_principal: Arc<Counter<Owner>>,
+    pub per_principal: Arc<Counter<Owner, FastHash>>,
 }
 
 impl Limits {
@@ -128,7 +130,7 @@ mod tests {
 
     #[test]
     fn slots_are_given_back_on_drop() {
-        let c = Counter::new(2);
+        let c: Arc<Counter<&str>> = Counter::new(2);
         let a = c.acquire("x").unwrap();
         let _b = c.acquire("x").unwrap();
         assert!(c.acquire("x").is_none());

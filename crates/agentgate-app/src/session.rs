@@ -22,6 +22,13 @@ pub use subscription::{Opened, Resume, Subscription};
 
 use std::sync::Arc;
 
+/// The hasher of maps whose keys no client chooses: session ids (made by the node) and
+/// owners (from verified credentials). foldhash, randomly seeded per map, costs a
+/// fraction of SipHash per lookup (several lookups per handshake,
+/// docs/performance.md); it is only "minimally" resistant to crafted collisions, so
+/// maps keyed by what a client picks (its IP address, a revoked `jti`) keep SipHash.
+pub type FastHash = foldhash::fast::RandomState;
+
 /// The identity a session, run, ticket or connection count is bound to: the principal
 /// of PROTOCOL.md section 6, issuer, subject and tenant. Two principals that differ in
 /// any of the three are different owners.

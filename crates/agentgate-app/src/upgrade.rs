@@ -24,6 +24,7 @@ use agentgate_protocol::{ErrorCode, MCP_SUBPROTOCOL, PROTOCOL_V1, id};
 use axum::http::header::{
     CONNECTION, CONTENT_LENGTH, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING, UPGRADE,
 };
+use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -344,35 +345,28 @@ const HEAD_BUFFER: usize = 1000;
 /// The header values of a WebSocket request are slices of the buffer (shared, not
 /// copied); the buffer is freed with the headers, once the request is answered.
 fn classify(buf: Vec<u8>) -> Result<Head, Vec<u8>> {
+    // Shared before parsing, so that the parsed values can be sliced out of it; a
+    // uniquely held `Bytes` turns back into its `Vec` without a copy.
+    let shared = Bytes::from(buf);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(&buf) {
+    let len = match req.parse(&shared) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Err(buf),
-        Err(_) => return Ok(Head::Other(buf)),
+        Ok(httparse::Status::Partial) => return Err(shared.into()),
+        Err(_) => return Ok(Head::Other(shared.into())),
     };
-    let Some((target, query, names)) = websocket_request(&req, &buf) else {
-        return Ok(Head::Other(buf));
+    let request = websocket_request(&req, &shared);
+    drop(req);
+    let Some((target, query, headers)) = request else {
+        return Ok(Head::Other(shared.into()));
     };
-    let leftover = buf[len..].to_vec();
-    let shared = axum::body::Bytes::from(buf);
-    let mut headers = HeaderMap::with_capacity(names.iter().flatten().count());
-    for (name, at) in names.into_iter().flatten() {
-        // Checked by `websocket_request`: the same bytes are valid.
-        let Ok(value) = HeaderValue::from_maybe_shared(shared.slice(at)) else {
-            return Ok(Head::Other(shared.into()));
-        };
-        headers.append(name, value);
-    }
+    let leftover = shared[len..].to_vec();
     Ok(Head::WebSocket(Box::new(WsRequest { target, headers, query, leftover })))
 }
 
-/// The header names of a request and where their values are in its buffer.
-type HeaderSpans = [Option<(HeaderName, std::ops::Range<usize>)>; MAX_HEADERS];
-
 /// The parts of a `GET` WebSocket upgrade (HTTP/1.1, no body) for one of our
-/// endpoints; `None` for anything else.
-fn websocket_request(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Option<(Target, Query, HeaderSpans)> {
+/// endpoints, its header values sliced out of `shared`; `None` for anything else.
+fn websocket_request(req: &httparse::Request<'_, '_>, shared: &Bytes) -> Option<(Target, Query, HeaderMap)> {
     if req.method? != "GET" || req.version? != 1 {
         return None;
     }
@@ -381,24 +375,23 @@ fn websocket_request(req: &httparse::Request<'_, '_>, buf: &[u8]) -> Option<(Tar
         None => (req.path?, None),
     };
     let target = target_of(path)?;
-    let mut spans: HeaderSpans = std::array::from_fn(|_| None);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
     let (mut upgrade, mut body) = (false, false);
-    for (h, span) in req.headers.iter().zip(spans.iter_mut()) {
-        // Values are checked when they are made, in `classify`.
+    for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         if name == UPGRADE {
             upgrade |= std::str::from_utf8(h.value).is_ok_and(|v| has_token_str(v, "websocket"));
         } else if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && h.value != b"0") {
             body = true;
         }
-        // `h.value` is a slice of `buf` (httparse parsed it), so this is its offset.
-        let start = (h.value.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
-        *span = Some((name, start..start + h.value.len()));
+        // `h.value` was parsed out of `shared`, so this slices without copying.
+        let value = HeaderValue::from_maybe_shared(shared.slice_ref(h.value)).ok()?;
+        headers.append(name, value);
     }
     if !upgrade || body {
         return None;
     }
-    Some((target, parse_query(query), spans))
+    Some((target, parse_query(query), headers))
 }
 
 fn target_of(path: &str) -> Option<Target> {

@@ -148,6 +148,11 @@ struct Args {
     hold_auth: bool,
     #[arg(long, hide = true, default_value = "hold")]
     hold_prefix: String,
+    /// Internal (instruction counting, `scripts/count-instructions`): run exactly
+    /// `--hold-count` handshakes (`--concurrency` at a time, 64 tokens) against this
+    /// address, then print `done N`.
+    #[arg(long, hide = true)]
+    drive: Option<std::net::SocketAddr>,
 }
 
 fn main() -> Result<()> {
@@ -157,6 +162,9 @@ fn main() -> Result<()> {
     }
     if let Some(addr) = args.hold {
         return hold(addr, &args);
+    }
+    if let Some(addr) = args.drive {
+        return drive(addr, &args);
     }
     // Pin before the runtime starts any thread, so that all of them inherit it.
     let pinning = Pinning::set_up(!args.no_pin);
@@ -187,6 +195,19 @@ pub(crate) fn mint(sub: &str) -> Result<String> {
 
 fn mint_many(prefix: &str, n: usize) -> Result<Vec<String>> {
     (0..n).map(|i| mint(&format!("{prefix}-{i}"))).collect()
+}
+
+/// Helper mode: `hold_count` handshakes (connect, welcome, close) with the tokens of
+/// the handshake rounds, however long they take (at most 10 minutes).
+fn drive(addr: std::net::SocketAddr, args: &Args) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let round = rt.block_on(async {
+        let target = Target { addr, auth: args.hold_auth };
+        let tokens = mint_many("hs", args.concurrency.max(1))?;
+        load::handshake_round(&target, &tokens, args.concurrency, Duration::from_secs(600), args.hold_count).await
+    })?;
+    println!("done {} failed {}", round.ok, round.failed);
+    Ok(())
 }
 
 /// Helper mode: open `hold_count` connections, say `ready`, hold them until stdin

@@ -48,6 +48,70 @@ pub struct Welcome<'a> {
     pub heartbeat_ms: u64,
 }
 
+impl Welcome<'_> {
+    /// The welcome as JSON text: exactly what `serde_json::to_string` makes of it (a
+    /// test holds the two equal), written directly, since every handshake writes one
+    /// and serde's per-field machinery cost a handshake 4% of its instructions
+    /// (docs/performance.md).
+    pub fn to_json(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(256);
+        out.push_str("{\"type\":");
+        push_json_str(&mut out, self.ty);
+        out.push_str(",\"protocol\":");
+        push_json_str(&mut out, self.protocol);
+        out.push_str(",\"session_id\":");
+        push_json_str(&mut out, self.session_id);
+        out.push_str(if self.resumed { ",\"resumed\":true" } else { ",\"resumed\":false" });
+        if let Some(e) = self.resume_error {
+            out.push_str(",\"resume_error\":");
+            push_json_str(&mut out, e);
+        }
+        if let Some(seq) = self.first_seq {
+            let _ = write!(out, ",\"first_seq\":{seq}");
+        }
+        out.push_str(",\"principal\":{\"subject\":");
+        push_json_str(&mut out, self.principal.subject);
+        out.push_str(",\"tenant\":");
+        match self.principal.tenant {
+            Some(t) => push_json_str(&mut out, t),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"scopes\":[");
+        for (i, scope) in self.principal.scopes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, scope);
+        }
+        out.push_str("],\"via\":");
+        push_json_str(&mut out, self.principal.via);
+        match self.expires_at {
+            Some(at) => {
+                let _ = write!(out, "}},\"expires_at\":{at}");
+            }
+            None => out.push_str("},\"expires_at\":null"),
+        }
+        let _ = write!(out, ",\"heartbeat_ms\":{}}}", self.heartbeat_ms);
+        out
+    }
+}
+
+/// Append `s` as a JSON string, escaped as `serde_json` escapes it.
+fn push_json_str(out: &mut String, s: &str) {
+    // Without an early exit, so that it is vectorized; the text of a welcome rarely
+    // needs escaping.
+    let plain = s.bytes().fold(true, |ok, b| ok & (b >= 0x20 && b != b'"' && b != b'\\'));
+    if plain {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Serializing a `str` cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
 /// Types of agent events (PROTOCOL.md section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,5 +271,32 @@ mod tests {
         assert_eq!(r, r#"{"type":"run.state","ref":"c3","run_id":"r_x","status":"running","terminal":null}"#);
         let r = Reply::Error { r#ref: None, code: ErrorCode::RunNotFound, message: "m".into() }.to_json();
         assert_eq!(r, r#"{"type":"error","code":"run_not_found","message":"m"}"#);
+    }
+
+    #[test]
+    fn the_welcome_is_written_exactly_as_serde_json_writes_it() {
+        let scopes = ["agents:run".to_owned(), "a\"b".to_owned()];
+        let texts = ["alice", "", "quote\"back\\slash", "tab\tnl\ncr\r\u{1}\u{1f}\u{7f}", "é漢🙂", "</script>"];
+        for (i, text) in texts.iter().enumerate() {
+            for resumed in [false, true] {
+                let welcome = Welcome {
+                    ty: "welcome",
+                    protocol: crate::PROTOCOL_V1,
+                    session_id: "s_0123456789abcdefghijkl",
+                    resumed,
+                    resume_error: resumed.then_some("history_truncated"),
+                    first_seq: resumed.then_some(u64::MAX),
+                    principal: PrincipalInfo {
+                        subject: text,
+                        tenant: (i % 2 == 1).then_some(*text),
+                        scopes: &scopes[..i % 3],
+                        via: text,
+                    },
+                    expires_at: [None, Some(-1), Some(i64::MAX), Some(1_800_000_000)][i % 4],
+                    heartbeat_ms: [0, 25_000, u64::MAX][i % 3],
+                };
+                assert_eq!(welcome.to_json(), serde_json::to_string(&welcome).unwrap(), "{text:?} {resumed}");
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use agentgate_protocol::ErrorCode;
 use tokio::sync::Notify;
 
+use super::FastHash;
 use super::store::StoredEvent;
 
 /// One connection's mailbox: the bounded queue of live events for its writer, and the
@@ -120,13 +121,13 @@ pub struct Attachment {
 /// Sessions attached on this node.
 #[derive(Debug)]
 pub struct Hub {
-    attached: Mutex<HashMap<String, Attachment>>,
+    attached: Mutex<HashMap<String, Attachment, FastHash>>,
     queue_bytes: usize,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Self { attached: Mutex::new(HashMap::new()), queue_bytes: usize::MAX }
+        Self { attached: Mutex::new(HashMap::default()), queue_bytes: usize::MAX }
     }
 }
 
@@ -137,7 +138,7 @@ impl Hub {
         Self { queue_bytes, ..Self::default() }
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<String, Attachment>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Attachment, FastHash>> {
         self.attached.lock().unwrap_or_else(|p| p.into_inner())
     }
 

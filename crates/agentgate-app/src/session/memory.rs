@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use agentgate_protocol::id;
 
-use super::Owner;
+use super::{FastHash, Owner};
 use super::store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent, frame_parts};
 use crate::backend::Inbox;
 
@@ -99,8 +99,8 @@ struct OwnerSessions {
 /// Session ids are shared (`Arc<str>`) between the map and the detach orders.
 #[derive(Debug, Default)]
 struct Index {
-    sessions: HashMap<Arc<str>, Arc<Entry>>,
-    by_owner: HashMap<Owner, OwnerSessions>,
+    sessions: HashMap<Arc<str>, Arc<Entry>, FastHash>,
+    by_owner: HashMap<Owner, OwnerSessions, FastHash>,
     /// Every detached session of the node, detached longest ago first.
     detached: BTreeMap<u64, Arc<str>>,
     next_stamp: u64,
