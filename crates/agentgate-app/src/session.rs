@@ -17,7 +17,9 @@ pub mod subscription;
 pub use cursor::{Cursor, Step, resume_point};
 pub use hub::{Attachment, Delivery, Hub, Mailbox};
 pub use memory::{Bounds, MemoryStore};
-pub use store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent, frame_parts};
+pub use store::{
+    BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoreFuture, StoredEvent, frame_parts,
+};
 pub use subscription::{Opened, Resume, Subscription};
 
 use std::sync::Arc;

@@ -54,7 +54,7 @@ impl Welcome<'_> {
     /// and serde's per-field machinery cost a handshake 4% of its instructions
     /// (docs/performance.md).
     pub fn to_json(&self) -> String {
-        use std::fmt::Write;
+        let mut n = itoa::Buffer::new();
         let mut out = String::with_capacity(256);
         out.push_str("{\"type\":");
         push_json_str(&mut out, self.ty);
@@ -68,7 +68,8 @@ impl Welcome<'_> {
             push_json_str(&mut out, e);
         }
         if let Some(seq) = self.first_seq {
-            let _ = write!(out, ",\"first_seq\":{seq}");
+            out.push_str(",\"first_seq\":");
+            out.push_str(n.format(seq));
         }
         out.push_str(",\"principal\":{\"subject\":");
         push_json_str(&mut out, self.principal.subject);
@@ -88,11 +89,14 @@ impl Welcome<'_> {
         push_json_str(&mut out, self.principal.via);
         match self.expires_at {
             Some(at) => {
-                let _ = write!(out, "}},\"expires_at\":{at}");
+                out.push_str("},\"expires_at\":");
+                out.push_str(n.format(at));
             }
             None => out.push_str("},\"expires_at\":null"),
         }
-        let _ = write!(out, ",\"heartbeat_ms\":{}}}", self.heartbeat_ms);
+        out.push_str(",\"heartbeat_ms\":");
+        out.push_str(n.format(self.heartbeat_ms));
+        out.push('}');
         out
     }
 }

@@ -47,7 +47,7 @@ use super::{
 use crate::config::Config;
 use crate::revocation::{RevocationList, Revoke};
 use crate::session::{
-    BoxFuture, Event, History, Holder, NewEvent, Owner, SessionStore, StoreError, StoredEvent, frame_parts,
+    BoxFuture, Event, History, Holder, NewEvent, Owner, SessionStore, StoreError, StoreFuture, StoredEvent, frame_parts,
 };
 
 /// Longest wait for one Redis call; past it the backend counts as unreachable.
@@ -837,8 +837,8 @@ fn owner_digest(owner: &Owner) -> String {
 struct Handle(Arc<Redis>);
 
 impl SessionStore for Handle {
-    fn create(&self, owner: Owner) -> BoxFuture<'_, Result<String, StoreError>> {
-        Box::pin(async move {
+    fn create(&self, owner: Owner) -> StoreFuture<'_, Result<String, StoreError>> {
+        StoreFuture::boxed(async move {
             let sid = id::session_id();
             let r = &self.0;
             let set = format!("{}sessions:{}", r.prefix, owner_digest(&owner));
@@ -869,10 +869,10 @@ impl SessionStore for Handle {
         })
     }
 
-    fn admits_new_session(&self, owner: &Owner) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn admits_new_session(&self, owner: &Owner) -> StoreFuture<'_, Result<bool, StoreError>> {
         let r = &self.0;
         let set = format!("{}sessions:{}", r.prefix, owner_digest(owner));
-        Box::pin(async move {
+        StoreFuture::boxed(async move {
             let cap = r.sessions_per_principal;
             let ok: i64 = r
                 .call(|mut c| async move {
@@ -883,9 +883,9 @@ impl SessionStore for Handle {
         })
     }
 
-    fn owner(&self, session_id: &str) -> BoxFuture<'_, Result<Option<Owner>, StoreError>> {
+    fn owner(&self, session_id: &str) -> StoreFuture<'_, Result<Option<Owner>, StoreError>> {
         let meta = self.0.meta(session_id);
-        Box::pin(async move {
+        StoreFuture::boxed(async move {
             let owner: Option<String> = self
                 .0
                 .call(|mut c| async move { redis::cmd("HGET").arg(meta).arg("owner").query_async(&mut c).await })
@@ -894,11 +894,11 @@ impl SessionStore for Handle {
         })
     }
 
-    fn append(&self, session_id: &str, event: NewEvent) -> BoxFuture<'_, Result<StoredEvent, StoreError>> {
+    fn append(&self, session_id: &str, event: NewEvent) -> StoreFuture<'_, Result<StoredEvent, StoreError>> {
         let (tx, rx) = oneshot::channel();
         let job = Job { session_id: session_id.to_owned(), event, reply: Some(tx) };
         let outbox = self.0.outbox.clone();
-        Box::pin(async move {
+        StoreFuture::boxed(async move {
             // A terminal event waits for room: it must be stored, after the run's
             // earlier events.
             outbox.send(job).await.map_err(|_| StoreError::Unavailable("the outbox is closed".into()))?;
@@ -916,9 +916,9 @@ impl SessionStore for Handle {
         })
     }
 
-    fn read_after(&self, session_id: &str, after: u64) -> BoxFuture<'_, Result<History, StoreError>> {
+    fn read_after(&self, session_id: &str, after: u64) -> StoreFuture<'_, Result<History, StoreError>> {
         let (meta, stream) = (self.0.meta(session_id), self.0.stream(session_id));
-        Box::pin(async move {
+        StoreFuture::boxed(async move {
             let reply: Vec<redis::Value> = self
                 .0
                 .call(|mut c| async move {
@@ -940,11 +940,11 @@ impl SessionStore for Handle {
         })
     }
 
-    fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<Option<Holder>, StoreError>> {
+    fn attach(&self, session_id: &str, holder: Holder) -> StoreFuture<'_, Result<Option<Holder>, StoreError>> {
         let (meta, stream) = (self.0.meta(session_id), self.0.stream(session_id));
         let sid = session_id.to_owned();
         let ttl = u64::try_from((self.0.resume_window + ATTACHED_EXTRA).as_millis()).unwrap_or(u64::MAX);
-        Box::pin(async move {
+        StoreFuture::boxed(async move {
             let reply: Vec<redis::Value> = self
                 .0
                 .call(|mut c| async move {
@@ -975,11 +975,11 @@ impl SessionStore for Handle {
         })
     }
 
-    fn detach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn detach(&self, session_id: &str, holder: Holder) -> StoreFuture<'_, Result<(), StoreError>> {
         let (meta, stream) = (self.0.meta(session_id), self.0.stream(session_id));
         let sid = session_id.to_owned();
         let window = u64::try_from(self.0.resume_window.as_millis()).unwrap_or(u64::MAX).max(1);
-        Box::pin(async move {
+        StoreFuture::boxed(async move {
             self.0
                 .call(|mut c| async move {
                     self.0
@@ -999,8 +999,8 @@ impl SessionStore for Handle {
         })
     }
 
-    fn sweep(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+    fn sweep(&self) -> StoreFuture<'_, ()> {
+        StoreFuture::boxed(async {})
     }
 }
 

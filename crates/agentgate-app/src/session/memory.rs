@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use agentgate_protocol::id;
 
 use super::{FastHash, Owner};
-use super::store::{BoxFuture, Event, History, Holder, NewEvent, SessionStore, StoreError, StoredEvent, frame_parts};
+use super::store::{Event, History, Holder, NewEvent, SessionStore, StoreError, StoreFuture, StoredEvent, frame_parts};
 use crate::backend::Inbox;
 
 /// The inboxes of the nodes sharing a memory backend.
@@ -293,7 +293,7 @@ impl MemoryStore {
 impl SessionStore for MemoryStore {
     /// Bound `limits.sessions_per_principal`: at the cap, the principal's session
     /// detached longest ago is dropped to make room; with none detached, refused.
-    fn create(&self, owner: Owner) -> BoxFuture<'_, Result<String, StoreError>> {
+    fn create(&self, owner: Owner) -> StoreFuture<'_, Result<String, StoreError>> {
         let result = (|| {
             let mut index = self.index();
             let (count, oldest) = match index.by_owner.get(&owner) {
@@ -327,25 +327,25 @@ impl SessionStore for MemoryStore {
             index.by_owner.entry(owner).or_default().count += 1;
             Ok(id)
         })();
-        Box::pin(async move { result })
+        StoreFuture::ready(result)
     }
 
-    fn admits_new_session(&self, owner: &Owner) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn admits_new_session(&self, owner: &Owner) -> StoreFuture<'_, Result<bool, StoreError>> {
         let ok = self.admits(&self.index(), owner);
-        Box::pin(async move { Ok(ok) })
+        StoreFuture::ready(Ok(ok))
     }
 
-    fn owner(&self, session_id: &str) -> BoxFuture<'_, Result<Option<Owner>, StoreError>> {
+    fn owner(&self, session_id: &str) -> StoreFuture<'_, Result<Option<Owner>, StoreError>> {
         let owner = self.live(session_id).ok().map(|e| e.owner.clone());
-        Box::pin(async move { Ok(owner) })
+        StoreFuture::ready(Ok(owner))
     }
 
-    fn append(&self, session_id: &str, event: NewEvent) -> BoxFuture<'_, Result<StoredEvent, StoreError>> {
+    fn append(&self, session_id: &str, event: NewEvent) -> StoreFuture<'_, Result<StoredEvent, StoreError>> {
         let result = self.append_now(session_id, event);
-        Box::pin(async move { result })
+        StoreFuture::ready(result)
     }
 
-    fn read_after(&self, session_id: &str, after: u64) -> BoxFuture<'_, Result<History, StoreError>> {
+    fn read_after(&self, session_id: &str, after: u64) -> StoreFuture<'_, Result<History, StoreError>> {
         let result = self.live(session_id).and_then(|entry| {
             let st = entry.lock();
             if st.dropped {
@@ -356,7 +356,7 @@ impl SessionStore for MemoryStore {
                 last_seq: st.next_seq - 1,
             })
         });
-        Box::pin(async move { result })
+        StoreFuture::ready(result)
     }
 
     fn append_later(&self, session_id: &str, event: NewEvent) -> Result<(), StoreError> {
@@ -366,7 +366,7 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<Option<Holder>, StoreError>> {
+    fn attach(&self, session_id: &str, holder: Holder) -> StoreFuture<'_, Result<Option<Holder>, StoreError>> {
         let result = (|| {
             let mut index = self.index();
             let entry = index.sessions.get(session_id).cloned().ok_or(StoreError::NotFound)?;
@@ -378,10 +378,10 @@ impl SessionStore for MemoryStore {
             st.detached_at = None;
             Ok(st.holder.replace(holder))
         })();
-        Box::pin(async move { result })
+        StoreFuture::ready(result)
     }
 
-    fn detach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn detach(&self, session_id: &str, holder: Holder) -> StoreFuture<'_, Result<(), StoreError>> {
         let mut index = self.index();
         if let Some((sid, entry)) =
             index.sessions.get_key_value(session_id).map(|(k, e)| (Arc::clone(k), Arc::clone(e)))
@@ -392,10 +392,10 @@ impl SessionStore for MemoryStore {
                 index.mark_detached(&sid, &entry.owner, &mut st, Instant::now());
             }
         }
-        Box::pin(async move { Ok(()) })
+        StoreFuture::ready(Ok(()))
     }
 
-    fn sweep(&self) -> BoxFuture<'_, ()> {
+    fn sweep(&self) -> StoreFuture<'_, ()> {
         let now = Instant::now();
         let mut index = self.index();
         // Detached sessions expire in detach order: only the expired front is visited.
@@ -411,7 +411,7 @@ impl SessionStore for MemoryStore {
                 index.detached.pop_first();
             }
         }
-        Box::pin(async {})
+        StoreFuture::ready(())
     }
 }
 

@@ -28,6 +28,49 @@ pub fn frame_parts(event: &NewEvent) -> (String, String) {
 /// A boxed future, so the store can be used as `Arc<dyn SessionStore>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a [`SessionStore`] operation returns: its result at once, or a boxed future.
+/// The in-memory store answers without waiting, and a ready result costs no
+/// allocation (a boxed future did, five times per handshake: docs/performance.md); a
+/// store on the network returns a boxed future.
+pub enum StoreFuture<'a, T> {
+    /// The result, taken when polled.
+    Ready(Option<T>),
+    /// An operation still under way.
+    Pending(BoxFuture<'a, T>),
+}
+
+impl<'a, T> StoreFuture<'a, T> {
+    /// A result known now.
+    pub fn ready(value: T) -> Self {
+        Self::Ready(Some(value))
+    }
+
+    /// An operation that waits.
+    pub fn boxed(future: impl Future<Output = T> + Send + 'a) -> Self {
+        Self::Pending(Box::pin(future))
+    }
+}
+
+impl<T> Debug for StoreFuture<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ready(_) => "StoreFuture::Ready",
+            Self::Pending(_) => "StoreFuture::Pending",
+        })
+    }
+}
+
+impl<T: Unpin> Future for StoreFuture<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.get_mut() {
+            Self::Ready(value) => std::task::Poll::Ready(value.take().expect("a StoreFuture polled after it completed")),
+            Self::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 /// A session store fault.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -108,18 +151,18 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// attached. Returns its id. At `limits.sessions_per_principal` the owner's session
     /// detached longest ago is dropped first; with none detached this is
     /// [`StoreError::SessionLimit`].
-    fn create(&self, owner: Owner) -> BoxFuture<'_, Result<String, StoreError>>;
+    fn create(&self, owner: Owner) -> StoreFuture<'_, Result<String, StoreError>>;
 
     /// Whether `owner` may create one more session now: under
     /// `limits.sessions_per_principal`, or holding a detached session that creating
     /// would drop. Asked before the upgrade so that a refusal is an HTTP 429.
-    fn admits_new_session(&self, owner: &Owner) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn admits_new_session(&self, owner: &Owner) -> StoreFuture<'_, Result<bool, StoreError>> {
         let _ = owner;
-        Box::pin(async { Ok(true) })
+        StoreFuture::ready(Ok(true))
     }
 
     /// The owner of a live session; `None` if unknown or expired.
-    fn owner(&self, session_id: &str) -> BoxFuture<'_, Result<Option<Owner>, StoreError>>;
+    fn owner(&self, session_id: &str) -> StoreFuture<'_, Result<Option<Owner>, StoreError>>;
 
     /// Give `event` the session's next seq (contiguous from 1), keep it in the
     /// bounded buffer, and publish it to the holder's node for live delivery,
@@ -128,7 +171,7 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// ([`StoreError::Duplicate`]), so each run has exactly one terminal event.
     /// Appends of one node are stored in the order they were made, also after those
     /// handed to [`SessionStore::append_later`].
-    fn append(&self, session_id: &str, event: NewEvent) -> BoxFuture<'_, Result<StoredEvent, StoreError>>;
+    fn append(&self, session_id: &str, event: NewEvent) -> StoreFuture<'_, Result<StoredEvent, StoreError>>;
 
     /// Hand a non-terminal event over for appending, in order, without waiting for
     /// it to be stored. While the backend is unreachable such events are held (up to
@@ -140,17 +183,17 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     fn append_later(&self, session_id: &str, event: NewEvent) -> Result<(), StoreError>;
 
     /// Buffered events with seq greater than `after`.
-    fn read_after(&self, session_id: &str, after: u64) -> BoxFuture<'_, Result<History, StoreError>>;
+    fn read_after(&self, session_id: &str, after: u64) -> StoreFuture<'_, Result<History, StoreError>>;
 
     /// Record `holder` as the connection attached to the session (its expiry paused
     /// while attached). Returns the previous holder, which the caller tells it was
     /// taken over.
-    fn attach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<Option<Holder>, StoreError>>;
+    fn attach(&self, session_id: &str, holder: Holder) -> StoreFuture<'_, Result<Option<Holder>, StoreError>>;
 
     /// If `holder` is attached, detach it and start the resume window.
-    fn detach(&self, session_id: &str, holder: Holder) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn detach(&self, session_id: &str, holder: Holder) -> StoreFuture<'_, Result<(), StoreError>>;
 
     /// Drop sessions whose resume window has passed (a no-op where the backend
     /// expires keys itself).
-    fn sweep(&self) -> BoxFuture<'_, ()>;
+    fn sweep(&self) -> StoreFuture<'_, ()>;
 }
