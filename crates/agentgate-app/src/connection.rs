@@ -192,7 +192,7 @@ fn open(
         o.socket.get_mut().cork_text(welcome);
         let Opened { app, socket, guards: (gauge, tracked), .. } = o;
         let live =
-            Live { app, socket, sub, principal, conn_id, interrupts, ended: None, _guards: (gauge, tracked, slots) };
+            Live { expiry: Expiry::of(&app, &principal), app, socket, sub, principal, conn_id, interrupts, ended: None, _guards: (gauge, tracked, slots) };
         Some((live, Greeting { replay: opened.replay, resumed: opened.resumed }))
     }
 }
@@ -204,12 +204,38 @@ struct Greeting {
     resumed: bool,
 }
 
+/// The instants of a credential's expiry warning and of its expiry (`exp` plus the
+/// leeway), read off the wall clock when the credential arrives and at every
+/// heartbeat, not at every frame: each reading of the clocks costs a system call's
+/// worth of time on a virtual machine (docs/performance.md).
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    warn_at: Option<Instant>,
+    expire_at: Option<Instant>,
+}
+
+impl Expiry {
+    fn of(app: &AppState, principal: &Principal) -> Self {
+        let Some(exp) = principal.expires_at else { return Self { warn_at: None, expire_at: None } };
+        let cfg = &app.config.auth;
+        // Each clock read once (`interrupts::instant_at` reads both per instant).
+        let (now_unix, now) = (crate::telemetry::unix_now(), Instant::now());
+        let at = |unix: i64| now + Duration::from_secs(u64::try_from(unix.saturating_sub(now_unix)).unwrap_or(0));
+        Self {
+            warn_at: Some(at(exp.saturating_sub(cfg.expiry_warning_s))),
+            expire_at: Some(at(agentgate_auth::expires_after(exp, cfg.leeway_s))),
+        }
+    }
+}
+
 /// A live connection: everything it holds for its life.
 struct Live {
     app: Arc<AppState>,
     socket: Socket,
     sub: Subscription,
     principal: Box<Principal>,
+    /// When to warn about and when to end the credential, as instants.
+    expiry: Expiry,
     conn_id: u64,
     interrupts: crate::interrupts::Interrupts,
     /// Why the last failed send ended the connection.
@@ -278,8 +304,8 @@ impl Live {
         // Made with the first client frame: most connections only listen.
         let mut limiter: Option<Box<MessageLimiter>> = None;
         let heartbeat = self.app.config.server.heartbeat;
-        let mut next_ping = Instant::now() + heartbeat;
         let mut last_seen = Instant::now();
+        let mut next_ping = last_seen + heartbeat;
         let mut warned = false;
         // One timer for the heartbeat, the expiry warning and the expiry itself.
         let timer = tokio::time::sleep_until(next_ping);
@@ -310,6 +336,8 @@ impl Live {
                     }
                     if now >= next_ping {
                         next_ping = now + heartbeat;
+                        // A step of the wall clock moves the credential's instants.
+                        self.expiry = Expiry::of(&self.app, &self.principal);
                         if last_seen.elapsed() >= heartbeat * DEAD_AFTER_HEARTBEATS {
                             tracing::info!(conn_id = self.conn_id, "peer silent for {} heartbeats; closing", DEAD_AFTER_HEARTBEATS);
                             return End::Gone;
@@ -352,10 +380,7 @@ impl Live {
 
     /// When to warn and when to close, for the live credential.
     fn expiry_deadlines(&self) -> (Option<Instant>, Option<Instant>) {
-        let Some(exp) = self.principal.expires_at else { return (None, None) };
-        let cfg = &self.app.config.auth;
-        let warn_at = crate::interrupts::instant_at(exp.saturating_sub(cfg.expiry_warning_s));
-        (Some(warn_at), crate::interrupts::expiry_instant(Some(exp), cfg.leeway_s))
+        (self.expiry.warn_at, self.expiry.expire_at)
     }
 
     /// Send a reply; `false` when the connection ends, its reason kept in `ended`.
@@ -404,6 +429,7 @@ impl Live {
                 }
                 let expires_at = p.expires_at;
                 *self.principal = p;
+                self.expiry = Expiry::of(&self.app, &self.principal);
                 *warned = false;
                 self.reply(Reply::AuthRefreshed { expires_at }).await
             }
