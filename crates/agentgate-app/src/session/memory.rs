@@ -93,30 +93,40 @@ impl Entry {
 #[derive(Debug, Default)]
 struct OwnerSessions {
     count: usize,
-    detached: BTreeMap<u64, Arc<str>>,
+    detached: BTreeMap<u64, Key>,
 }
 
-/// Session ids are shared (`Arc<str>`) between the map and the detach orders.
+/// A session's key in the index: the 128 random bits of its id
+/// (`id::session_id_bits`). Comparing and hashing it reads no other memory, where a
+/// string key cost a cache miss per probe and a shared copy per detach order
+/// (docs/performance.md); an id of any other form names no session.
+type Key = u128;
+
+/// The key of `session_id`, or `NotFound`.
+fn key(session_id: &str) -> Result<Key, StoreError> {
+    id::session_id_bits(session_id).ok_or(StoreError::NotFound)
+}
+
 #[derive(Debug, Default)]
 struct Index {
-    sessions: HashMap<Arc<str>, Arc<Entry>, FastHash>,
+    sessions: HashMap<Key, Arc<Entry>, FastHash>,
     by_owner: HashMap<Owner, OwnerSessions, FastHash>,
     /// Every detached session of the node, detached longest ago first.
-    detached: BTreeMap<u64, Arc<str>>,
+    detached: BTreeMap<u64, Key>,
     next_stamp: u64,
 }
 
 impl Index {
-    fn mark_detached(&mut self, sid: &Arc<str>, owner: &Owner, st: &mut State, now: Instant) {
+    fn mark_detached(&mut self, sid: Key, owner: &Owner, st: &mut State, now: Instant) {
         self.unmark(owner, st);
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         st.stamp = Some(stamp);
         st.detached_at = Some(now);
-        self.detached.insert(stamp, Arc::clone(sid));
+        self.detached.insert(stamp, sid);
         match self.by_owner.get_mut(owner) {
-            Some(o) => o.detached.insert(stamp, Arc::clone(sid)),
-            None => self.by_owner.entry(owner.clone()).or_default().detached.insert(stamp, Arc::clone(sid)),
+            Some(o) => o.detached.insert(stamp, sid),
+            None => self.by_owner.entry(owner.clone()).or_default().detached.insert(stamp, sid),
         };
     }
 
@@ -130,8 +140,8 @@ impl Index {
     }
 
     /// Remove a session; returns the bytes its buffer held.
-    fn remove(&mut self, sid: &str) -> usize {
-        let Some(entry) = self.sessions.remove(sid) else { return 0 };
+    fn remove(&mut self, sid: Key) -> usize {
+        let Some(entry) = self.sessions.remove(&sid) else { return 0 };
         let mut st = entry.lock();
         self.unmark(&entry.owner, &mut st);
         if let Some(o) = self.by_owner.get_mut(&entry.owner) {
@@ -140,10 +150,17 @@ impl Index {
                 self.by_owner.remove(&entry.owner);
             }
         }
-        st.dropped = true;
-        st.buffer.clear();
-        std::mem::take(&mut st.bytes)
+        drop_state(&mut st)
     }
+}
+
+/// Mark a removed session's state dropped and free its buffer; returns the bytes the
+/// buffer held.
+fn drop_state(st: &mut State) -> usize {
+    st.dropped = true;
+    st.stamp = None;
+    st.buffer.clear();
+    std::mem::take(&mut st.bytes)
 }
 
 /// Sessions in this process's memory.
@@ -184,7 +201,8 @@ impl MemoryStore {
     }
 
     fn live(&self, session_id: &str) -> Result<Arc<Entry>, StoreError> {
-        let entry = self.index().sessions.get(session_id).cloned().ok_or(StoreError::NotFound)?;
+        let sid = key(session_id)?;
+        let entry = self.index().sessions.get(&sid).cloned().ok_or(StoreError::NotFound)?;
         if entry.expired(self.resume_window, Instant::now()) {
             return Err(StoreError::NotFound);
         }
@@ -206,7 +224,7 @@ impl MemoryStore {
         self.total_bytes.load(Ordering::Relaxed)
     }
 
-    fn forget(&self, index: &mut Index, sid: &str) {
+    fn forget(&self, index: &mut Index, sid: Key) {
         let freed = index.remove(sid);
         self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
     }
@@ -273,7 +291,7 @@ impl MemoryStore {
         let mut dropped = 0usize;
         while self.buffered_bytes() > self.bounds.memory_limit_bytes {
             let Some((_, sid)) = index.detached.pop_first() else { break };
-            self.forget(&mut index, &sid);
+            self.forget(&mut index, sid);
             dropped += 1;
         }
         if dropped > 0 {
@@ -295,18 +313,34 @@ impl SessionStore for MemoryStore {
     /// detached longest ago is dropped to make room; with none detached, refused.
     fn create(&self, owner: Owner) -> StoreFuture<'_, Result<String, StoreError>> {
         let result = (|| {
-            let mut index = self.index();
-            let (count, oldest) = match index.by_owner.get(&owner) {
-                Some(o) => (o.count, o.detached.first_key_value().map(|(_, sid)| sid.clone())),
-                None => (0, None),
+            let mut guard = self.index();
+            let index = &mut *guard;
+            // The owner is looked up once: dropping its oldest detached session to make
+            // room leaves its count as it is.
+            let owned = match index.by_owner.get_mut(&owner) {
+                Some(o) => o,
+                None => index.by_owner.entry(owner.clone()).or_default(),
             };
-            if count >= self.bounds.sessions_per_principal {
-                let Some(oldest) = oldest else {
+            if owned.count >= self.bounds.sessions_per_principal {
+                let Some((stamp, oldest)) = owned.detached.pop_first() else {
                     return Err(StoreError::SessionLimit(self.bounds.sessions_per_principal));
                 };
-                self.forget(&mut index, &oldest);
+                owned.count -= 1;
+                index.detached.remove(&stamp);
+                if let Some(entry) = index.sessions.remove(&oldest) {
+                    let freed = drop_state(&mut entry.lock());
+                    self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
+                }
             }
-            let id = id::session_id();
+            owned.count += 1;
+            // 128 random bits, as `id::session_id` makes them; a repeat is checked for,
+            // never expected.
+            let sid = loop {
+                let sid: Key = rand::random();
+                if !index.sessions.contains_key(&sid) {
+                    break sid;
+                }
+            };
             // Detached (its resume window running) but not in the detach order until
             // its first attach, which follows at once: a concurrent create of the same
             // principal cannot drop it in between.
@@ -323,9 +357,8 @@ impl SessionStore for MemoryStore {
                     runs: None,
                 }),
             });
-            index.sessions.insert(Arc::from(id.as_str()), entry);
-            index.by_owner.entry(owner).or_default().count += 1;
-            Ok(id)
+            index.sessions.insert(sid, entry);
+            Ok(id::session_id_of(sid))
         })();
         StoreFuture::ready(result)
     }
@@ -369,7 +402,7 @@ impl SessionStore for MemoryStore {
     fn attach(&self, session_id: &str, holder: Holder) -> StoreFuture<'_, Result<Option<Holder>, StoreError>> {
         let result = (|| {
             let mut index = self.index();
-            let entry = index.sessions.get(session_id).cloned().ok_or(StoreError::NotFound)?;
+            let entry = index.sessions.get(&key(session_id)?).cloned().ok_or(StoreError::NotFound)?;
             let mut st = entry.lock();
             if st.dropped || st.detached_at.is_some_and(|t| t.elapsed() >= self.resume_window) {
                 return Err(StoreError::NotFound);
@@ -383,13 +416,13 @@ impl SessionStore for MemoryStore {
 
     fn detach(&self, session_id: &str, holder: Holder) -> StoreFuture<'_, Result<(), StoreError>> {
         let mut index = self.index();
-        if let Some((sid, entry)) =
-            index.sessions.get_key_value(session_id).map(|(k, e)| (Arc::clone(k), Arc::clone(e)))
+        if let Ok(sid) = key(session_id)
+            && let Some(entry) = index.sessions.get(&sid).cloned()
         {
             let mut st = entry.lock();
             if st.holder.as_ref() == Some(&holder) {
                 st.holder = None;
-                index.mark_detached(&sid, &entry.owner, &mut st, Instant::now());
+                index.mark_detached(sid, &entry.owner, &mut st, Instant::now());
             }
         }
         StoreFuture::ready(Ok(()))
@@ -399,14 +432,13 @@ impl SessionStore for MemoryStore {
         let now = Instant::now();
         let mut index = self.index();
         // Detached sessions expire in detach order: only the expired front is visited.
-        while let Some((_, sid)) = index.detached.first_key_value() {
-            let sid = sid.clone();
+        while let Some((_, &sid)) = index.detached.first_key_value() {
             let expired = index.sessions.get(&sid).is_none_or(|e| e.expired(self.resume_window, now));
             if !expired {
                 break;
             }
             if index.sessions.contains_key(&sid) {
-                self.forget(&mut index, &sid);
+                self.forget(&mut index, sid);
             } else {
                 index.detached.pop_first();
             }
