@@ -191,8 +191,17 @@ fn open(
         // connection's first write.
         o.socket.get_mut().cork_text(welcome);
         let Opened { app, socket, guards: (gauge, tracked), .. } = o;
-        let live =
-            Live { expiry: Expiry::of(&app, &principal), app, socket, sub, principal, conn_id, interrupts, ended: None, _guards: (gauge, tracked, slots) };
+        let live = Live {
+            expiry: Expiry::of(&app, &principal),
+            app,
+            socket,
+            sub,
+            principal,
+            conn_id,
+            interrupts,
+            ended: None,
+            _guards: (gauge, tracked, slots),
+        };
         Some((live, Greeting { replay: opened.replay, resumed: opened.resumed }))
     }
 }

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use agentgate_protocol::{ErrorCode, MCP_SUBPROTOCOL, PROTOCOL_V1, id};
+use axum::body::Bytes;
 use axum::http::header::{
     CONNECTION, CONTENT_LENGTH, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING, UPGRADE,
 };
-use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -356,7 +356,6 @@ fn classify(buf: Vec<u8>) -> Result<Head, Vec<u8>> {
         Err(_) => return Ok(Head::Other(shared.into())),
     };
     let request = websocket_request(&req, &shared);
-    drop(req);
     let Some((target, query, headers)) = request else {
         return Ok(Head::Other(shared.into()));
     };

@@ -346,6 +346,8 @@ struct HandshakeTotals {
     ok: usize,
     failed: usize,
     cpu_s: f64,
+    /// The user-space part of `cpu_s`.
+    user_s: f64,
     /// CPU time of the server's companion process (Redis), if any.
     companion_cpu_s: f64,
     wall_s: f64,
@@ -392,24 +394,25 @@ async fn handshakes(env: &Env<'_>, specs: &[Spec], args: &Args, ticks: f64) -> R
             let pid = procs[i].pid();
             let companion = specs[i].companion_pid();
             let comp0 = companion.map(|p| procs::cpu_seconds(p, ticks)).transpose()?.unwrap_or(0.0);
-            let (cpu0, busy0, me0) =
-                (procs::cpu_seconds(pid, ticks)?, procs::machine_busy_seconds(ticks)?, procs::cpu_seconds(me, ticks)?);
+            let (split0, busy0, me0) =
+                (procs::cpu_split(pid, ticks)?, procs::machine_busy_seconds(ticks)?, procs::cpu_seconds(me, ticks)?);
             let r = load::handshake_round(&targets[i], &tokens, args.concurrency, duration, args.max_per_round)
                 .await
                 .with_context(|| format!("handshakes against {}", specs[i].name))?;
             // Let the server finish tearing the last connections down.
             tokio::time::sleep(Duration::from_millis(300)).await;
             procs[i].check_alive()?;
-            let (cpu1, busy1, me1) =
-                (procs::cpu_seconds(pid, ticks)?, procs::machine_busy_seconds(ticks)?, procs::cpu_seconds(me, ticks)?);
+            let (split1, busy1, me1) =
+                (procs::cpu_split(pid, ticks)?, procs::machine_busy_seconds(ticks)?, procs::cpu_seconds(me, ticks)?);
             let comp = companion.map(|p| procs::cpu_seconds(p, ticks)).transpose()?.unwrap_or(0.0) - comp0;
-            let cpu = cpu1 - cpu0;
+            let cpu = (split1.0 + split1.1) - (split0.0 + split0.1);
             noise.other_cpu_s += ((busy1 - busy0) - cpu - comp - (me1 - me0)).max(0.0);
             noise.wall_s += r.wall_s + 0.3;
             let t = &mut totals[i];
             t.ok += r.ok;
             t.failed += r.failed;
             t.cpu_s += cpu;
+            t.user_s += split1.0 - split0.0;
             t.companion_cpu_s += comp;
             t.wall_s += r.wall_s;
             #[allow(clippy::cast_precision_loss)]
@@ -684,26 +687,30 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
         );
         println!();
         println!(
-            "| server | handshakes per server CPU-s | rounds (min-max) | vs ceiling, no auth | vs ceiling + HS256 | handshakes/s wall | failed |"
+            "| server | handshakes per server CPU-s | rounds (min-max) | vs ceiling, no auth | vs ceiling + HS256 | server µs per handshake: user + system | handshakes/s wall | failed |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for (s, t) in specs.iter().zip(totals) {
             let rate = t.per_cpu_s();
             let min = t.round_rates.iter().copied().fold(f64::INFINITY, f64::min);
             let max = t.round_rates.iter().copied().fold(0.0, f64::max);
             #[allow(clippy::cast_precision_loss)]
             let wall = t.ok as f64 / t.wall_s.max(f64::EPSILON);
+            #[allow(clippy::cast_precision_loss)]
+            let per = |secs: f64| secs * 1e6 / (t.ok.max(1) as f64);
             println!(
-                "| {} | {rate:.0} ({} in {:.2} CPU-s) | {min:.0}-{max:.0} | {} | {} | {wall:.0} | {} |",
+                "| {} | {rate:.0} ({} in {:.2} CPU-s) | {min:.0}-{max:.0} | {} | {} | {:.1} + {:.1} | {wall:.0} | {} |",
                 s.name,
                 t.ok,
                 t.cpu_s,
                 ratio(rate, c0),
                 ratio(rate, c1),
+                per(t.user_s),
+                per(t.cpu_s - t.user_s),
                 t.failed
             );
             json_hs.push(json!({"server": s.name, "per_cpu_s": rate, "ok": t.ok, "cpu_s": t.cpu_s,
-                "rounds": t.round_rates, "vs_ceiling": c0.map(|c| rate / c), "vs_ceiling_hs256": c1.map(|c| rate / c),
+                "user_s": t.user_s, "rounds": t.round_rates, "vs_ceiling": c0.map(|c| rate / c), "vs_ceiling_hs256": c1.map(|c| rate / c),
                 "failed": t.failed}));
         }
         println!();

@@ -143,6 +143,12 @@ pub(crate) fn clock_ticks() -> f64 {
 
 /// CPU time (user + system, all threads) of `pid` in seconds, from `/proc/<pid>/stat`.
 pub(crate) fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
+    let (user, system) = cpu_split(pid, ticks)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time (all threads) of `pid` in seconds, from `/proc/<pid>/stat`.
+pub(crate) fn cpu_split(pid: u32, ticks: f64) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').map(|(_, a)| a).ok_or_else(|| anyhow!("odd /proc stat"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -150,7 +156,7 @@ pub(crate) fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
     let utime: u64 = fields.get(11).ok_or_else(|| anyhow!("no utime"))?.parse()?;
     let stime: u64 = fields.get(12).ok_or_else(|| anyhow!("no stime"))?.parse()?;
     #[allow(clippy::cast_precision_loss)]
-    Ok((utime + stime) as f64 / ticks)
+    Ok((utime as f64 / ticks, stime as f64 / ticks))
 }
 
 /// Resident memory of `pid` in KiB, from `/proc/<pid>/status`.

@@ -103,8 +103,18 @@ mod tests {
         // The last character carries 2 unused bits: only one spelling decodes.
         let other = ['A', 'B', 'C', 'D', 'E'].into_iter().find(|c| *c != last).unwrap();
         let respelled = format!("{}{other}", &id[..id.len() - 1]);
-        assert!(session_id_bits(&respelled).is_none() || session_id_of(session_id_bits(&respelled).unwrap()) == respelled);
-        for bad in ["", "s_", "r_AAAAAAAAAAAAAAAAAAAAAA", "s_AAAAAAAAAAAAAAAAAAAAA", "s_AAAAAAAAAAAAAAAAAAAAAAA", "s_AAAAAAAAAAAAAAAAAAAA+A", "s_AAAAAAAAAAAAAAAAAAAAAB"] {
+        assert!(
+            session_id_bits(&respelled).is_none() || session_id_of(session_id_bits(&respelled).unwrap()) == respelled
+        );
+        for bad in [
+            "",
+            "s_",
+            "r_AAAAAAAAAAAAAAAAAAAAAA",
+            "s_AAAAAAAAAAAAAAAAAAAAA",
+            "s_AAAAAAAAAAAAAAAAAAAAAAA",
+            "s_AAAAAAAAAAAAAAAAAAAA+A",
+            "s_AAAAAAAAAAAAAAAAAAAAAB",
+        ] {
             assert_eq!(session_id_bits(bad), None, "{bad:?}");
         }
     }

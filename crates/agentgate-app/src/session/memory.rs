@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use agentgate_protocol::id;
 
-use super::{FastHash, Owner};
 use super::store::{Event, History, Holder, NewEvent, SessionStore, StoreError, StoreFuture, StoredEvent, frame_parts};
+use super::{FastHash, Owner};
 use crate::backend::Inbox;
 
 /// The inboxes of the nodes sharing a memory backend.

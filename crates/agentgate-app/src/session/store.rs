@@ -65,7 +65,9 @@ impl<T: Unpin> Future for StoreFuture<'_, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
         match self.get_mut() {
-            Self::Ready(value) => std::task::Poll::Ready(value.take().expect("a StoreFuture polled after it completed")),
+            Self::Ready(value) => {
+                std::task::Poll::Ready(value.take().expect("a StoreFuture polled after it completed"))
+            }
             Self::Pending(future) => future.as_mut().poll(cx),
         }
     }
