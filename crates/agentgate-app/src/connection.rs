@@ -305,8 +305,7 @@ impl Live {
 
     /// Send a frame, or (with `None`) flush what is buffered, as [`Self::send`].
     fn write(&mut self, msg: Option<Message>) -> impl std::future::Future<Output = Result<(), End>> + Send + '_ {
-        let (_, expire_at) = self.expiry_deadlines();
-        self.interrupts.send(&self.app, &self.principal, expire_at, &mut self.socket, msg)
+        self.interrupts.send(&self.app, &self.principal, self.expiry.expire_at, &mut self.socket, msg)
     }
 
     async fn serve_loop(&mut self) -> End {
@@ -320,9 +319,12 @@ impl Live {
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
         loop {
-            let (warn_at, expire_at) = self.expiry_deadlines();
-            let warn_at = warn_at.filter(|_| !warned);
-            let due = [warn_at, expire_at].into_iter().flatten().fold(next_ping, Instant::min);
+            // Read from `self.expiry` in the arms, not copied into locals: locals held
+            // across the `select!` would grow every idle connection's task.
+            let due = [self.expiry.warn_at.filter(|_| !warned), self.expiry.expire_at]
+                .into_iter()
+                .flatten()
+                .fold(next_ping, Instant::min);
             if timer.deadline() != due {
                 timer.as_mut().reset(due);
             }
@@ -331,10 +333,10 @@ impl Live {
                 code = self.interrupts.signalled(&self.app, &self.principal) => return End::Close(code),
                 () = &mut timer => {
                     let now = Instant::now();
-                    if expire_at.is_some_and(|at| now >= at) {
+                    if self.expiry.expire_at.is_some_and(|at| now >= at) {
                         return End::Close(ErrorCode::TokenExpired);
                     }
-                    if warn_at.is_some_and(|at| now >= at) {
+                    if !warned && self.expiry.warn_at.is_some_and(|at| now >= at) {
                         warned = true;
                         // Boxed: rare, and a reply's state is large.
                         if let Some(exp) = self.principal.expires_at
@@ -385,11 +387,6 @@ impl Live {
                 }
             }
         }
-    }
-
-    /// When to warn and when to close, for the live credential.
-    fn expiry_deadlines(&self) -> (Option<Instant>, Option<Instant>) {
-        (self.expiry.warn_at, self.expiry.expire_at)
     }
 
     /// Send a reply; `false` when the connection ends, its reason kept in `ended`.
