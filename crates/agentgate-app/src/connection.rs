@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::interrupts::Expiry;
 use crate::limits::Slot;
 use crate::runs::RunStatus;
 use crate::session::{Delivery, FastHash, Holder, Owner, Subscription};
@@ -192,7 +193,7 @@ fn open(
         o.socket.get_mut().cork_text(welcome);
         let Opened { app, socket, guards: (gauge, tracked), .. } = o;
         let live = Live {
-            expiry: Expiry::of(&app, &principal),
+            expiry: Expiry::of(principal.expires_at, &app.config.auth),
             app,
             socket,
             sub,
@@ -211,30 +212,6 @@ struct Greeting {
     /// Events of a resumed session after the client's `last_seq`.
     replay: Vec<crate::session::StoredEvent>,
     resumed: bool,
-}
-
-/// The instants of a credential's expiry warning and of its expiry (`exp` plus the
-/// leeway), read off the clocks when the credential arrives and at every heartbeat,
-/// not at every frame and write: the clock reads were about 2% of a handshake's user
-/// time on a virtual machine (21 per handshake, now 14; docs/performance.md).
-#[derive(Debug, Clone, Copy)]
-struct Expiry {
-    warn_at: Option<Instant>,
-    expire_at: Option<Instant>,
-}
-
-impl Expiry {
-    fn of(app: &AppState, principal: &Principal) -> Self {
-        let Some(exp) = principal.expires_at else { return Self { warn_at: None, expire_at: None } };
-        let cfg = &app.config.auth;
-        // Each clock read once (`interrupts::instant_at` reads both per instant).
-        let (now_unix, now) = (crate::telemetry::unix_now(), Instant::now());
-        let at = |unix: i64| now + Duration::from_secs(u64::try_from(unix.saturating_sub(now_unix)).unwrap_or(0));
-        Self {
-            warn_at: Some(at(exp.saturating_sub(cfg.expiry_warning_s))),
-            expire_at: Some(at(agentgate_auth::expires_after(exp, cfg.leeway_s))),
-        }
-    }
 }
 
 /// A live connection: everything it holds for its life.
@@ -348,7 +325,7 @@ impl Live {
                     if now >= next_ping {
                         next_ping = now + heartbeat;
                         // A step of the wall clock moves the credential's instants.
-                        self.expiry = Expiry::of(&self.app, &self.principal);
+                        self.expiry = Expiry::of(self.principal.expires_at, &self.app.config.auth);
                         if last_seen.elapsed() >= heartbeat * DEAD_AFTER_HEARTBEATS {
                             tracing::info!(conn_id = self.conn_id, "peer silent for {} heartbeats; closing", DEAD_AFTER_HEARTBEATS);
                             return End::Gone;
@@ -435,7 +412,7 @@ impl Live {
                 }
                 let expires_at = p.expires_at;
                 *self.principal = p;
-                self.expiry = Expiry::of(&self.app, &self.principal);
+                self.expiry = Expiry::of(self.principal.expires_at, &self.app.config.auth);
                 *warned = false;
                 self.reply(Reply::AuthRefreshed { expires_at }).await
             }

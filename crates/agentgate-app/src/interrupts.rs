@@ -21,17 +21,31 @@ use crate::connection::{End, sleep_until_opt};
 use crate::state::AppState;
 use crate::upgrade::Socket;
 
-/// When a live credential expiring at `exp` (Unix seconds) closes its connection
-/// 4401 `token_expired`: the instant `agentgate_auth::is_expired` turns true. `None`
-/// (an API key) never expires.
-pub(crate) fn expiry_instant(exp: Option<i64>, leeway_s: i64) -> Option<Instant> {
-    exp.map(|exp| instant_at(agentgate_auth::expires_after(exp, leeway_s)))
+/// The monotonic instants of a live credential's expiry warning
+/// (`auth.expiry_warning_s` before `exp`) and of its expiry, when it closes its
+/// connection 4401 `token_expired`: the instant `agentgate_auth::is_expired` turns
+/// true. Both `None` for a credential without `exp` (an API key). Instants already
+/// passed are now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expiry {
+    pub(crate) warn_at: Option<Instant>,
+    pub(crate) expire_at: Option<Instant>,
 }
 
-/// The monotonic instant of a Unix second (now, if it has passed).
-pub(crate) fn instant_at(unix: i64) -> Instant {
-    let secs = unix.saturating_sub(crate::telemetry::unix_now()).max(0);
-    Instant::now() + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+impl Expiry {
+    /// The instants of a credential expiring at `exp` (Unix seconds). Each clock is
+    /// read once: a connection computes this when its credential arrives and at each
+    /// heartbeat, not at every frame (clock reads were about 2% of a handshake's user
+    /// time on a virtual machine; docs/performance.md).
+    pub(crate) fn of(exp: Option<i64>, auth: &crate::config::AuthConfig) -> Self {
+        let Some(exp) = exp else { return Self { warn_at: None, expire_at: None } };
+        let (now_unix, now) = (crate::telemetry::unix_now(), Instant::now());
+        let at = |unix: i64| now + Duration::from_secs(u64::try_from(unix.saturating_sub(now_unix)).unwrap_or(0));
+        Self {
+            warn_at: Some(at(exp.saturating_sub(auth.expiry_warning_s))),
+            expire_at: Some(at(agentgate_auth::expires_after(exp, auth.leeway_s))),
+        }
+    }
 }
 
 /// The signals one connection watches: one channel, poked when the revocation list

@@ -220,7 +220,7 @@ async fn pump(
     // Shutdown, revocation and expiry close the connection on time, also while a write
     // (to the client or to the server's stdin) is blocked.
     let mut interrupts = crate::interrupts::Interrupts::new(app);
-    let expire_at = crate::interrupts::expiry_instant(principal.expires_at, app.config.auth.leeway_s);
+    let expire_at = crate::interrupts::Expiry::of(principal.expires_at, &app.config.auth).expire_at;
     let max = app.config.server.max_message_bytes;
     loop {
         tokio::select! {

@@ -13,6 +13,11 @@ pub const SERVER_PREFIXES: &[(&str, &str)] =
 pub fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
+    id_of(prefix, bytes)
+}
+
+/// `prefix` and the base64url of `bytes`.
+fn id_of(prefix: &str, bytes: [u8; 16]) -> String {
     let mut out = String::with_capacity(prefix.len() + 22);
     out.push_str(prefix);
     URL_SAFE_NO_PAD.encode_string(bytes, &mut out);
@@ -21,17 +26,12 @@ pub fn new_id(prefix: &str) -> String {
 
 /// A new session id (`s_...`).
 pub fn session_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    session_id_of(u128::from_be_bytes(bytes))
+    new_id("s_")
 }
 
 /// The session id made of these 128 bits: `s_` and their base64url.
 pub fn session_id_of(bits: u128) -> String {
-    let mut out = String::with_capacity(2 + 22);
-    out.push_str("s_");
-    URL_SAFE_NO_PAD.encode_string(bits.to_be_bytes(), &mut out);
-    out
+    id_of("s_", bits.to_be_bytes())
 }
 
 /// The 128 bits of a session id, the inverse of [`session_id_of`]; `None` for any text
