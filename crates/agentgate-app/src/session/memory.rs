@@ -303,6 +303,59 @@ impl MemoryStore {
         }
     }
 
+    /// Create a session for `owner`, attached to `holder` if given. Bounds
+    /// `limits.sessions_per_principal`: at the cap, the principal's session detached
+    /// longest ago is dropped to make room; with none detached, refused.
+    fn create_now(&self, owner: Owner, holder: Option<Holder>) -> Result<String, StoreError> {
+        let mut guard = self.index();
+        let index = &mut *guard;
+        // The owner is looked up once: dropping its oldest detached session to make
+        // room leaves its count as it is.
+        let owned = match index.by_owner.get_mut(&owner) {
+            Some(o) => o,
+            None => index.by_owner.entry(owner.clone()).or_default(),
+        };
+        if owned.count >= self.bounds.sessions_per_principal {
+            let Some((stamp, oldest)) = owned.detached.pop_first() else {
+                return Err(StoreError::SessionLimit(self.bounds.sessions_per_principal));
+            };
+            owned.count -= 1;
+            index.detached.remove(&stamp);
+            if let Some(entry) = index.sessions.remove(&oldest) {
+                let freed = drop_state(&mut entry.lock());
+                self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
+            }
+        }
+        owned.count += 1;
+        // 128 random bits, as `id::session_id` makes them; a repeat is checked for,
+        // never expected.
+        let sid = loop {
+            let sid: Key = rand::random();
+            if !index.sessions.contains_key(&sid) {
+                break sid;
+            }
+        };
+        // Without a holder: detached (its resume window running) but not in the
+        // detach order until its first attach, which follows at once, so that a
+        // concurrent create of the same principal cannot drop it in between.
+        let detached_at = if holder.is_none() { Some(Instant::now()) } else { None };
+        let entry = Arc::new(Entry {
+            owner,
+            state: Mutex::new(State {
+                next_seq: 1,
+                buffer: VecDeque::new(),
+                bytes: 0,
+                holder,
+                detached_at,
+                stamp: None,
+                dropped: false,
+                runs: None,
+            }),
+        });
+        index.sessions.insert(sid, entry);
+        Ok(id::session_id_of(sid))
+    }
+
     fn admits(&self, index: &Index, owner: &Owner) -> bool {
         index.by_owner.get(owner).is_none_or(|o| o.count < self.bounds.sessions_per_principal || !o.detached.is_empty())
     }
@@ -312,55 +365,12 @@ impl SessionStore for MemoryStore {
     /// Bound `limits.sessions_per_principal`: at the cap, the principal's session
     /// detached longest ago is dropped to make room; with none detached, refused.
     fn create(&self, owner: Owner) -> StoreFuture<'_, Result<String, StoreError>> {
-        let result = (|| {
-            let mut guard = self.index();
-            let index = &mut *guard;
-            // The owner is looked up once: dropping its oldest detached session to make
-            // room leaves its count as it is.
-            let owned = match index.by_owner.get_mut(&owner) {
-                Some(o) => o,
-                None => index.by_owner.entry(owner.clone()).or_default(),
-            };
-            if owned.count >= self.bounds.sessions_per_principal {
-                let Some((stamp, oldest)) = owned.detached.pop_first() else {
-                    return Err(StoreError::SessionLimit(self.bounds.sessions_per_principal));
-                };
-                owned.count -= 1;
-                index.detached.remove(&stamp);
-                if let Some(entry) = index.sessions.remove(&oldest) {
-                    let freed = drop_state(&mut entry.lock());
-                    self.total_bytes.fetch_sub(freed, Ordering::Relaxed);
-                }
-            }
-            owned.count += 1;
-            // 128 random bits, as `id::session_id` makes them; a repeat is checked for,
-            // never expected.
-            let sid = loop {
-                let sid: Key = rand::random();
-                if !index.sessions.contains_key(&sid) {
-                    break sid;
-                }
-            };
-            // Detached (its resume window running) but not in the detach order until
-            // its first attach, which follows at once: a concurrent create of the same
-            // principal cannot drop it in between.
-            let entry = Arc::new(Entry {
-                owner: owner.clone(),
-                state: Mutex::new(State {
-                    next_seq: 1,
-                    buffer: VecDeque::new(),
-                    bytes: 0,
-                    holder: None,
-                    detached_at: Some(Instant::now()),
-                    stamp: None,
-                    dropped: false,
-                    runs: None,
-                }),
-            });
-            index.sessions.insert(sid, entry);
-            Ok(id::session_id_of(sid))
-        })();
-        StoreFuture::ready(result)
+        StoreFuture::ready(self.create_now(owner, None))
+    }
+
+    /// One lock of the index, one insert: no lookup of the new session to attach it.
+    fn create_attached(&self, owner: Owner, holder: Holder) -> StoreFuture<'_, Result<String, StoreError>> {
+        StoreFuture::ready(self.create_now(owner, Some(holder)))
     }
 
     fn admits_new_session(&self, owner: &Owner) -> StoreFuture<'_, Result<bool, StoreError>> {

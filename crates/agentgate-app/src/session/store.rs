@@ -155,6 +155,17 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// [`StoreError::SessionLimit`].
     fn create(&self, owner: Owner) -> StoreFuture<'_, Result<String, StoreError>>;
 
+    /// Create a session for `owner` already attached to `holder`, as a new connection
+    /// does; bounded like [`SessionStore::create`]. The default creates, then
+    /// attaches; a store that can do both at once overrides it.
+    fn create_attached(&self, owner: Owner, holder: Holder) -> StoreFuture<'_, Result<String, StoreError>> {
+        StoreFuture::boxed(async move {
+            let sid = self.create(owner).await?;
+            self.attach(&sid, holder).await?;
+            Ok(sid)
+        })
+    }
+
     /// Whether `owner` may create one more session now: under
     /// `limits.sessions_per_principal`, or holding a detached session that creating
     /// would drop. Asked before the upgrade so that a refusal is an HTTP 429.

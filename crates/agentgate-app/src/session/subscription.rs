@@ -1,7 +1,7 @@
-//! One connection's subscription to its session: attach (to the hub, then the store),
-//! read what to replay, then accept live events through a [`Cursor`] so that nothing
-//! is delivered twice and nothing after `last_seq` is skipped, whichever order the
-//! replay and live paths race in. The connection task and the property tests both use
+//! One connection's subscription to its session: attach (to the hub, then the store;
+//! a new session is created attached), read what to replay, then accept live events
+//! through a [`Cursor`] so that nothing is delivered twice and nothing after
+//! `last_seq` is skipped, whichever order the replay and live paths race in. The connection task and the property tests both use
 //! this type, so the tests check the code that runs.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use agentgate_protocol::ErrorCode;
 use super::Owner;
 use super::cursor::{Cursor, Step, resume_point};
 use super::hub::{Attachment, Delivery, Hub, Mailbox};
-use super::store::{Holder, SessionStore, StoreError, StoredEvent};
+use super::store::{History, Holder, SessionStore, StoreError, StoredEvent};
 use crate::backend::{Backend, Signal};
 
 /// What a client asked to resume: session id and last seen seq.
@@ -92,24 +92,28 @@ impl Subscription {
         let session_id = match session_id {
             Some(sid) => sid,
             None => {
-                let sid = store.create(owner.clone()).await?;
+                // Attached in the store first: no one knows the new id, so no event can
+                // be published to it before the hub holds the attachment.
                 let Some(attachment) = attachment else {
                     return Err(StoreError::Unavailable("attachment lost".into()));
                 };
+                let sid = store.create_attached(owner.clone(), holder.clone()).await?;
                 hub.attach(&sid, attachment);
-                if let Err(e) = store.attach(&sid, holder.clone()).await {
-                    hub.detach(&sid, holder.conn_id);
-                    return Err(e);
-                }
                 sid
             }
         };
-        let history = match store.read_after(&session_id, last_seq).await {
-            Ok(h) => h,
-            Err(e) => {
-                hub.detach(&session_id, holder.conn_id);
-                return Err(e);
+        // A new session has no events, and no one else knows its id yet: there is
+        // nothing to read (for Redis, one round trip fewer per new connection).
+        let history = if resumed {
+            match store.read_after(&session_id, last_seq).await {
+                Ok(h) => h,
+                Err(e) => {
+                    hub.detach(&session_id, holder.conn_id);
+                    return Err(e);
+                }
             }
+        } else {
+            History { events: Vec::new(), last_seq: 0 }
         };
         let (start, first_seq) = resume_point(last_seq, history.events.first().map(|e| e.seq), history.last_seq);
         if first_seq.is_some() {
