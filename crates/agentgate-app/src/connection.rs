@@ -254,7 +254,9 @@ impl Live {
                 close(&mut self.socket, code).await;
             }
             End::ClientClosed => {
-                // tungstenite queued the answering close frame; flushing sends it.
+                // tungstenite queued the answering close frame; flushing sends it, with
+                // the FIN of the socket's close that follows at once.
+                self.socket.get_mut().last_write();
                 let _ = tokio::time::timeout(CLOSE_WRITE, self.socket.flush()).await;
                 tracing::debug!(conn_id, session_id = %session_id, "connection closed by client");
             }

@@ -201,6 +201,8 @@ async fn close_client(socket: &mut Socket, end: End, conn_id: u64, server: &str)
             connection::close(socket, code).await;
         }
         End::ClientClosed => {
+            // The answering close frame goes with the FIN: the socket is dropped next.
+            socket.get_mut().last_write();
             let _ = tokio::time::timeout(connection::CLOSE_WRITE, futures_util::SinkExt::flush(socket)).await;
             tracing::info!(conn_id, server = %server, "MCP connection closed by client");
         }

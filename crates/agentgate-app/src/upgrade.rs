@@ -53,6 +53,10 @@ pub(crate) struct Io {
     stream: Stream,
     /// Written before anything else: with the next write, flush or read.
     corked: Vec<u8>,
+    /// Set by [`Io::last_write`]: what is written now is the last before the socket
+    /// closes.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    last: bool,
 }
 
 #[derive(Debug)]
@@ -67,16 +71,16 @@ enum Stream {
 impl Io {
     /// A plain TCP stream.
     pub(crate) fn plain(s: TcpStream) -> Self {
-        Self { stream: Stream::Plain(s), corked: Vec::new() }
+        Self { stream: Stream::Plain(s), corked: Vec::new(), last: false }
     }
 
     /// A TLS stream.
     pub(crate) fn tls(s: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
-        Self { stream: Stream::Tls(Box::new(s)), corked: Vec::new() }
+        Self { stream: Stream::Tls(Box::new(s)), corked: Vec::new(), last: false }
     }
 
     fn hyper(u: hyper::upgrade::Upgraded) -> Self {
-        Self { stream: Stream::Hyper(Box::new(hyper_util::rt::TokioIo::new(u))), corked: Vec::new() }
+        Self { stream: Stream::Hyper(Box::new(hyper_util::rt::TokioIo::new(u))), corked: Vec::new(), last: false }
     }
 
     /// Hold `head` back to send it in one segment with the first frame (the 101 and
@@ -96,6 +100,17 @@ impl Io {
         self.corked.reserve(frame.len());
         // Formatting into a Vec cannot fail.
         let _ = frame.format(&mut self.corked);
+    }
+
+    /// What is written from now on is the last before the socket closes (the answer
+    /// to a client's close frame). On plain TCP it is sent with `MSG_MORE`: the kernel
+    /// holds it until the close, which sends it with the FIN in one segment instead of
+    /// two. Each segment costs the server a transmit and, on loopback, the receiver's
+    /// processing too (docs/performance.md). Call it only when the socket is closed
+    /// right after the write: a held segment otherwise waits for the next write.
+    /// Linux only (elsewhere the write goes out as usual).
+    pub(crate) fn last_write(&mut self) {
+        self.last = true;
     }
 
     /// Write out the held-back bytes.
@@ -186,7 +201,11 @@ impl AsyncWrite for Io {
         // The held-back head and the first frame in one write.
         loop {
             if this.corked.is_empty() {
-                return Pin::new(&mut this.stream).poll_write(cx, buf);
+                return match &mut this.stream {
+                    #[cfg(any(target_os = "linux", target_os = "android"))]
+                    Stream::Plain(tcp) if this.last => poll_send_more(tcp, cx, buf),
+                    stream => Pin::new(stream).poll_write(cx, buf),
+                };
             }
             let held = this.corked.len();
             let slices = [io::IoSlice::new(&this.corked), io::IoSlice::new(buf)];
@@ -216,6 +235,20 @@ impl AsyncWrite for Io {
         let this = self.get_mut();
         std::task::ready!(this.poll_uncork(cx))?;
         Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+/// Write `buf` with `MSG_MORE` (see [`Io::last_write`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn poll_send_more(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        let sent = tcp
+            .try_io(tokio::io::Interest::WRITABLE, || socket2::SockRef::from(tcp).send_with_flags(buf, libc::MSG_MORE));
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            sent => return Poll::Ready(sent),
+        }
     }
 }
 

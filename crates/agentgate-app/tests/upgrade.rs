@@ -142,3 +142,51 @@ async fn a_refusal_on_the_raw_stream_is_a_whole_http_response_then_the_end() {
     assert_eq!(Some(v["error"]["request_id"].as_str().unwrap()), header(&resp, "x-request-id"));
     server.shutdown().await;
 }
+
+/// A client's close is answered with a close frame and then the end of the stream, at
+/// once: the answer is written with `MSG_MORE` and leaves with the FIN of the socket's
+/// close (`Io::last_write`), so a socket left open after that write would hold it back.
+#[tokio::test]
+async fn a_clients_close_is_answered_then_the_stream_ends_at_once() {
+    let server = hs_server("").await;
+    for round in 0..20 {
+        let token = server.mint(&format!("closer-{round}"));
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let head = upgrade_head(
+            "/v1/ws",
+            &format!("Authorization: Bearer {token}\r\nSec-WebSocket-Protocol: agentgate.v1\r\n"),
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let (resp, mut rest) = read_head(&mut tcp).await;
+        assert!(resp.starts_with("HTTP/1.1 101 "), "{resp}");
+        // The welcome (a text frame under 126 bytes' header form, unmasked).
+        while rest.len() < 4 {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the welcome did not arrive");
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(rest[0], 0x81, "a final text frame first");
+        // A masked close frame with code 1000.
+        let mask = [1u8, 2, 3, 4];
+        let payload = 1000u16.to_be_bytes();
+        let frame = [0x88, 0x82, mask[0], mask[1], mask[2], mask[3], payload[0] ^ mask[0], payload[1] ^ mask[1]];
+        tcp.write_all(&frame).await.unwrap();
+        let started = std::time::Instant::now();
+        // Everything after the welcome, to the end of the stream.
+        let mut after = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut after))
+            .await
+            .expect("the stream ends within 2 s of the client's close")
+            .expect("read to the end");
+        let took = started.elapsed();
+        let mut all = rest;
+        all.extend_from_slice(&after);
+        let welcome_len = 2 + usize::from(all[1] & 0x7f);
+        let welcome_len =
+            if all[1] & 0x7f == 126 { 4 + usize::from(u16::from_be_bytes([all[2], all[3]])) } else { welcome_len };
+        assert_eq!(&all[welcome_len..], &[0x88, 0x02, 0x03, 0xe8], "the close echoed (1000), then the end");
+        assert!(took < Duration::from_secs(1), "round {round}: the close took {took:?}");
+    }
+    server.shutdown().await;
+}
