@@ -678,6 +678,20 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
                 .map(|(_, t)| t.per_cpu_s())
         };
         let (c0, c1) = (ceiling(false), ceiling(true));
+        // Each round's rate over the no-auth ceiling's in the same round: the servers of
+        // a round run back to back, so this shows how much the ratio moves with the
+        // machine's noise.
+        let ceiling_rounds = specs
+            .iter()
+            .zip(totals.iter())
+            .find(|(s, _)| matches!(s.kind, Kind::Ceiling { auth: false }))
+            .map(|(_, t)| t.round_rates.clone());
+        let round_ratios = |t: &HandshakeTotals| -> Option<Vec<f64>> {
+            let c = ceiling_rounds.as_ref()?;
+            let mut r: Vec<f64> = t.round_rates.iter().zip(c).map(|(a, c)| a / c.max(f64::EPSILON)).collect();
+            r.sort_by(f64::total_cmp);
+            Some(r)
+        };
         let ratio = |r: f64, c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{:.2}", r / c));
         println!();
         println!(
@@ -687,9 +701,9 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
         );
         println!();
         println!(
-            "| server | handshakes per server CPU-s | rounds (min-max) | vs ceiling, no auth | vs ceiling + HS256 | server µs per handshake: user + system | handshakes/s wall | failed |"
+            "| server | handshakes per server CPU-s | rounds (min-max) | vs ceiling, no auth | per round: median (min-max) | vs ceiling + HS256 | server µs per handshake: user + system | handshakes/s wall | failed |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (s, t) in specs.iter().zip(totals) {
             let rate = t.per_cpu_s();
             let min = t.round_rates.iter().copied().fold(f64::INFINITY, f64::min);
@@ -698,8 +712,13 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
             let wall = t.ok as f64 / t.wall_s.max(f64::EPSILON);
             #[allow(clippy::cast_precision_loss)]
             let per = |secs: f64| secs * 1e6 / (t.ok.max(1) as f64);
+            let per_round = round_ratios(t);
+            let per_round_text = per_round.as_ref().map_or_else(
+                || "-".to_owned(),
+                |r| format!("{:.2} ({:.2}-{:.2})", (r[(r.len() - 1) / 2] + r[r.len() / 2]) / 2.0, r[0], r[r.len() - 1]),
+            );
             println!(
-                "| {} | {rate:.0} ({} in {:.2} CPU-s) | {min:.0}-{max:.0} | {} | {} | {:.1} + {:.1} | {wall:.0} | {} |",
+                "| {} | {rate:.0} ({} in {:.2} CPU-s) | {min:.0}-{max:.0} | {} | {per_round_text} | {} | {:.1} + {:.1} | {wall:.0} | {} |",
                 s.name,
                 t.ok,
                 t.cpu_s,
@@ -711,6 +730,7 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
             );
             json_hs.push(json!({"server": s.name, "per_cpu_s": rate, "ok": t.ok, "cpu_s": t.cpu_s,
                 "user_s": t.user_s, "rounds": t.round_rates, "vs_ceiling": c0.map(|c| rate / c), "vs_ceiling_hs256": c1.map(|c| rate / c),
+                "vs_ceiling_per_round_sorted": per_round,
                 "failed": t.failed}));
         }
         println!();
