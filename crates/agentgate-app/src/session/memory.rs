@@ -531,6 +531,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_session_created_attached_is_held_like_an_attached_one() {
+        let s = store(Bounds { sessions_per_principal: 1, ..Bounds::default() });
+        let a = owner("a");
+        let sid = s.create_attached(a.clone(), holder(1)).await.unwrap();
+        // Attached: it is not dropped to make room, and its holder is the one given.
+        assert!(!s.admits_new_session(&a).await.unwrap());
+        assert!(matches!(s.create(a.clone()).await, Err(StoreError::SessionLimit(1))));
+        assert_eq!(s.attach(&sid, holder(2)).await.unwrap(), Some(holder(1)));
+        // Detached by its holder, it is the one dropped next.
+        s.detach(&sid, holder(2)).await.unwrap();
+        let next = s.create_attached(a.clone(), holder(3)).await.unwrap();
+        assert_eq!(s.owner(&sid).await.unwrap(), None);
+        assert_eq!(s.owner(&next).await.unwrap(), Some(a));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[tokio::test]
     async fn past_the_memory_limit_the_sessions_detached_longest_ago_are_dropped_first() {
         let s = store(Bounds { memory_limit_bytes: 10_000, ..Bounds::default() });
         let mut sids = Vec::new();
