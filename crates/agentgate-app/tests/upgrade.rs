@@ -159,7 +159,7 @@ async fn a_clients_close_is_answered_then_the_stream_ends_at_once() {
         tcp.write_all(head.as_bytes()).await.unwrap();
         let (resp, mut rest) = read_head(&mut tcp).await;
         assert!(resp.starts_with("HTTP/1.1 101 "), "{resp}");
-        // The welcome (a text frame under 126 bytes' header form, unmasked).
+        // At least the header of the welcome (an unmasked text frame).
         while rest.len() < 4 {
             let mut chunk = [0u8; 4096];
             let n = tcp.read(&mut chunk).await.unwrap();

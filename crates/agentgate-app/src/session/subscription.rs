@@ -1,8 +1,9 @@
 //! One connection's subscription to its session: attach (to the hub, then the store;
 //! a new session is created attached), read what to replay, then accept live events
 //! through a [`Cursor`] so that nothing is delivered twice and nothing after
-//! `last_seq` is skipped, whichever order the replay and live paths race in. The connection task and the property tests both use
-//! this type, so the tests check the code that runs.
+//! `last_seq` is skipped, whichever order the replay and live paths race in. The
+//! connection task and the property tests both use this type, so the tests check the
+//! code that runs.
 
 use std::sync::Arc;
 
