@@ -18,6 +18,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Serve on `listener` until `shutdown` completes, then shut down gracefully.
 ///
+/// Bind `listener` with [`bind`]: connections that reach a listener bound otherwise
+/// before this call get no `TCP_NODELAY` (see [`bind`]).
+///
 /// # Errors
 /// The `addr_file` cannot be written, or the listener fails.
 pub async fn serve(
@@ -25,14 +28,14 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let local = listener.local_addr()?;
+    let listening = Listening::new(listener)?;
     let signals = Signals::install(&config)?;
     if let Some(path) = &config.server.addr_file {
-        write_addr_file(path, local)?;
+        write_addr_file(path, listening.local)?;
     }
     let grace = config.server.shutdown_grace;
     let (state, waits) = AppState::new(config).await?;
-    serve_state(listener, local, state, waits, grace, signals, shutdown).await
+    serve_state(listening, state, waits, grace, signals, shutdown).await
 }
 
 /// Serve one node of a memory backend shared with other in-process nodes (the
@@ -46,15 +49,73 @@ pub async fn serve_on(
     memory: crate::backend::memory::MemoryBackend,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let local = listener.local_addr()?;
+    let listening = Listening::new(listener)?;
     let signals = Signals::install(&config)?;
     if let Some(path) = &config.server.addr_file {
-        write_addr_file(path, local)?;
+        write_addr_file(path, listening.local)?;
     }
     let grace = config.server.shutdown_grace;
     let node_id = agentgate_protocol::id::new_id("n_");
     let (state, waits) = AppState::with_backend(config, node_id, Some(memory)).await?;
-    serve_state(listener, local, state, waits, grace, signals, shutdown).await
+    serve_state(listening, state, waits, grace, signals, shutdown).await
+}
+
+/// Bind `addr` (`host:port`, resolved and tried in order like
+/// `TcpListener::bind`) for [`serve`], with `TCP_NODELAY` set before `listen`.
+///
+/// Accepted sockets inherit the option from their listener at the moment the kernel
+/// completes their TCP handshake, which may be long before the accept loop takes them
+/// (while the node starts, or under load). A listener that gets the option only after
+/// `listen` leaves those first connections with Nagle's algorithm: each small frame
+/// written while the previous one is unacknowledged then waits for the client's
+/// delayed ACK, about 40 ms on Linux. The backlog is 1024 connections (the kernel caps
+/// it at `net.core.somaxconn`).
+///
+/// # Errors
+/// The address does not resolve, or no address it resolves to can be bound.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        match listen_on(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to no socket address")
+    }))
+}
+
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As std's bind does on Unix: a restarted node binds its port at once, even while
+    // its predecessor's connections are in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The listener being served and what was learnt of it before serving.
+struct Listening {
+    listener: TcpListener,
+    local: SocketAddr,
+    /// Whether accepted sockets inherit `TCP_NODELAY` from the listener (Linux); where
+    /// they do not, the accept loop sets it on each.
+    nodelay_inherited: bool,
+}
+
+impl Listening {
+    /// Set `TCP_NODELAY` on the listener first, before the address is announced.
+    /// Connections the kernel completed before this do not inherit it: a listener from
+    /// [`bind`] has it from the start.
+    fn new(listener: TcpListener) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let nodelay_inherited =
+            cfg!(target_os = "linux") && socket2::SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
+        Ok(Self { listener, local, nodelay_inherited })
+    }
 }
 
 /// The TLS pair and the SIGHUP handler, set up before the address is announced: from
@@ -76,8 +137,7 @@ impl Signals {
 }
 
 async fn serve_state(
-    listener: TcpListener,
-    local: SocketAddr,
+    listening: Listening,
     state: Arc<AppState>,
     waits: Waits,
     grace: Duration,
@@ -86,6 +146,7 @@ async fn serve_state(
 ) -> std::io::Result<()> {
     let Waits { connections: mut tracked, runs: mut drivers } = waits;
     let Signals { tls, sighup } = signals;
+    let Listening { listener, local, nodelay_inherited } = listening;
     tracing::info!(addr = %local, tls = tls.is_some(), "agentgate listening");
     let metrics_server = match &state.config.server.metrics_listen {
         Some(addr) => {
@@ -114,7 +175,8 @@ async fn serve_state(
         tls: tls.as_ref().map(|t| t.acceptor()),
         proxies: Arc::new(state.config.server.trusted_proxies.clone()),
     };
-    accept_loop(listener, app, Arc::clone(&state), stop_rx, state.config.server.handshake_timeout, transport).await;
+    let head_timeout = state.config.server.handshake_timeout;
+    accept_loop(listener, nodelay_inherited, app, Arc::clone(&state), stop_rx, head_timeout, transport).await;
     // The accept loop has stopped; WebSockets are closing. Wait for them, bounded.
     drop(state.tracker.lock().unwrap_or_else(|p| p.into_inner()).take());
     state.runs.close_drivers();
@@ -163,6 +225,7 @@ struct Shared {
 /// forwarded; see [`crate::client_ip`]).
 async fn accept_loop(
     listener: TcpListener,
+    nodelay_inherited: bool,
     app: axum::Router,
     state: Arc<AppState>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -171,9 +234,6 @@ async fn accept_loop(
 ) {
     let (closing, closed) = watch::channel(());
     let shared = Arc::new(Shared { app, state, head_timeout, transport });
-    // No Nagle delay on any connection: set once on the listener, which accepted
-    // sockets inherit on Linux (elsewhere, each accepted socket is set below).
-    let inherited = cfg!(target_os = "linux") && socket2::SockRef::from(&listener).set_tcp_nodelay(true).is_ok();
     loop {
         let (stream, remote) = tokio::select! {
             _ = &mut stop => break,
@@ -187,7 +247,9 @@ async fn accept_loop(
                 }
             },
         };
-        if !inherited {
+        // No Nagle delay on any connection: inherited from the listener on Linux
+        // (`Listening::new`), set on each accepted socket elsewhere.
+        if !nodelay_inherited {
             let _ = stream.set_nodelay(true);
         }
         tokio::spawn(connection(Arc::clone(&shared), stream, remote, closed.clone()));
@@ -328,5 +390,34 @@ async fn sweep(state: Arc<AppState>) {
         state.backend.runs.sweep();
         state.tickets.sweep();
         state.limits.sweep();
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// Accepted sockets inherit `TCP_NODELAY` from their listener when the kernel
+    /// completes their handshake, not when they are accepted: set after `listen`, it
+    /// misses a connection already waiting in the backlog; set by [`super::bind`]
+    /// before `listen`, it reaches every connection.
+    #[tokio::test]
+    async fn a_connection_waiting_in_the_backlog_has_no_nagle_delay() {
+        let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        late.set_nonblocking(true).unwrap();
+        let late = tokio::net::TcpListener::from_std(late).unwrap();
+        let waiting = tokio::net::TcpStream::connect(late.local_addr().unwrap()).await.unwrap();
+        socket2::SockRef::from(&late).set_tcp_nodelay(true).unwrap();
+        let (accepted, _) = late.accept().await.unwrap();
+        assert!(!accepted.nodelay().unwrap(), "set after listen, the option missed the waiting connection");
+        drop((waiting, accepted));
+
+        let listener = super::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap(), "a connection accepted from the backlog");
+        let later = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted_later, _) = listener.accept().await.unwrap();
+        assert!(accepted_later.nodelay().unwrap(), "a connection accepted at once");
+        drop((waiting, later));
     }
 }

@@ -372,6 +372,13 @@ pub(crate) async fn start_upstream(secret: &str) -> Result<SocketAddr> {
         axum::Router::new().route("/run", axum::routing::post(upstream_run)).with_state(Arc::new(secret.to_owned()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // TCP_NODELAY, as HTTP servers users write set it (Go's net package, Node's http
+    // server and Python's asyncio do by default; axum does not): with Nagle's algorithm
+    // a small chunk written while the previous one is unacknowledged waits for the
+    // gateway's delayed ACK, which would be counted as the gateway's latency.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

@@ -58,7 +58,7 @@ impl TestServer {
         env.insert("AGENTGATE_HOME".into(), dir.path().join("home").display().to_string());
         env.insert("AGENTGATE_SERVER__LISTEN".into(), "\"127.0.0.1:0\"".into());
         let config = Config::load(Some(&path), &env)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = agentgate_app::server::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(agentgate_app::serve(listener, config.clone(), async move {

@@ -30,7 +30,7 @@ pub(crate) fn run(args: ServeArgs) -> u8 {
     // `block_on`: the accept loop then shares a worker with the connections it spawns
     // instead of waking another thread for each one.
     let server = async move {
-        let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+        let listener = match agentgate_app::server::bind(&config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!(
