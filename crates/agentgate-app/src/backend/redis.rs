@@ -1248,17 +1248,21 @@ pub async fn connect(
     cache: Arc<RevocationList>,
 ) -> Result<Backend, String> {
     let b = &config.backend;
+    // TCP_NODELAY (the crate's default is off): with Nagle's algorithm, a command
+    // written while the previous one on the same multiplexed connection is
+    // unacknowledged would wait for that one's reply.
+    let info = redis::IntoConnectionInfo::into_connection_info(b.redis_url.as_str())
+        .map(|i| i.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)));
     let opened = match b.redis_ca_file.as_ref().filter(|_| b.redis_url.starts_with("rediss://")) {
         // Only these certificates verify the server, instead of the system's roots.
         Some(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("backend.redis_ca_file {}: cannot read it: {e}", path.display()))?;
-            Client::build_with_tls(
-                b.redis_url.as_str(),
-                redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
-            )
+            info.and_then(|i| {
+                Client::build_with_tls(i, redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
+            })
         }
-        None => Client::open(b.redis_url.as_str()),
+        None => info.and_then(Client::open),
     };
     let client =
         opened.map_err(|e| format!("backend.redis_url {} cannot be used: {}", b.redis_url_redacted(), err_text(&e)))?;
