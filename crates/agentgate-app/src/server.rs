@@ -404,7 +404,14 @@ mod tests {
         let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         late.set_nonblocking(true).unwrap();
         let late = tokio::net::TcpListener::from_std(late).unwrap();
+        let port = late.local_addr().unwrap().port();
         let waiting = tokio::net::TcpStream::connect(late.local_addr().unwrap()).await.unwrap();
+        // The kernel has made the accepted socket once it is in the accept queue.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while accept_queue(port) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the connection never reached the accept queue");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         socket2::SockRef::from(&late).set_tcp_nodelay(true).unwrap();
         let (accepted, _) = late.accept().await.unwrap();
         assert!(!accepted.nodelay().unwrap(), "set after listen, the option missed the waiting connection");
@@ -419,5 +426,19 @@ mod tests {
         let (accepted_later, _) = listener.accept().await.unwrap();
         assert!(accepted_later.nodelay().unwrap(), "a connection accepted at once");
         drop((waiting, later));
+    }
+
+    /// Connections waiting in the accept queue of the IPv4 listener on `port`: the
+    /// `rx_queue` column of its LISTEN row in `/proc/net/tcp`.
+    fn accept_queue(port: u16) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let local = format!(":{port:04X}");
+        table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 4 && f[3] == "0A" && f[1].ends_with(&local))
+            .and_then(|f| f[4].split(':').nth(1).and_then(|rx| usize::from_str_radix(rx, 16).ok()))
+            .unwrap_or(0)
     }
 }
