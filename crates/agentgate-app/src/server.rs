@@ -30,9 +30,6 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listening = Listening::new(listener)?;
     let signals = Signals::install(&config)?;
-    if let Some(path) = &config.server.addr_file {
-        write_addr_file(path, listening.local)?;
-    }
     let grace = config.server.shutdown_grace;
     let (state, waits) = AppState::new(config).await?;
     serve_state(listening, state, waits, grace, signals, shutdown).await
@@ -51,9 +48,6 @@ pub async fn serve_on(
 ) -> std::io::Result<()> {
     let listening = Listening::new(listener)?;
     let signals = Signals::install(&config)?;
-    if let Some(path) = &config.server.addr_file {
-        write_addr_file(path, listening.local)?;
-    }
     let grace = config.server.shutdown_grace;
     let node_id = agentgate_protocol::id::new_id("n_");
     let (state, waits) = AppState::with_backend(config, node_id, Some(memory)).await?;
@@ -107,9 +101,9 @@ struct Listening {
 }
 
 impl Listening {
-    /// Set `TCP_NODELAY` on the listener first, before the address is announced.
-    /// Connections the kernel completed before this do not inherit it: a listener from
-    /// [`bind`] has it from the start.
+    /// Set `TCP_NODELAY` on the listener first, before anything else. Connections the
+    /// kernel completed before this do not inherit it: a listener from [`bind`] has it
+    /// from the start.
     fn new(listener: TcpListener) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let nodelay_inherited =
@@ -147,6 +141,12 @@ async fn serve_state(
     let Waits { connections: mut tracked, runs: mut drivers } = waits;
     let Signals { tls, sighup } = signals;
     let Listening { listener, local, nodelay_inherited } = listening;
+    // Announced once the node's state is built (HTTP clients, backend), before any
+    // task starts: a script that waits for the file reaches a node that answers at
+    // once, and a file that cannot be written stops the node before it serves.
+    if let Some(path) = &state.config.server.addr_file {
+        write_addr_file(path, local)?;
+    }
     tracing::info!(addr = %local, tls = tls.is_some(), "agentgate listening");
     let metrics_server = match &state.config.server.metrics_listen {
         Some(addr) => {
