@@ -848,6 +848,7 @@ fn json_logs_stay_one_valid_json_object_per_line_whatever_the_subject() {
         assert_eq!(o.welcome()["principal"]["subject"], evil);
         close(ws).await;
     });
+    server.wait_for_log_line("\"connection accepted\" with the subject", |v| v["fields"]["subject"] == evil);
     let log = server.stderr();
     let mut subjects = 0;
     for line in log.lines() {

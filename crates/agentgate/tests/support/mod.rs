@@ -222,9 +222,20 @@ impl Server {
 
     /// Wait until a stdout line (a JSON object) satisfies `pred`.
     pub(crate) fn wait_for_line(&self, what: &str, pred: impl Fn(&Value) -> bool) {
+        self.wait_for_json_line(what, Self::stdout, pred);
+    }
+
+    /// Wait until a stderr line (a JSON log object) satisfies `pred`: the gateway has
+    /// written it before the client saw what followed, but the pipe's reader may not
+    /// have read it yet.
+    pub(crate) fn wait_for_log_line(&self, what: &str, pred: impl Fn(&Value) -> bool) {
+        self.wait_for_json_line(what, Self::stderr, pred);
+    }
+
+    fn wait_for_json_line(&self, what: &str, output: fn(&Self) -> String, pred: impl Fn(&Value) -> bool) {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if self.stdout().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| pred(&v)) {
+            if output(self).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| pred(&v)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
