@@ -690,7 +690,8 @@ async fn bench(args: &Args, pinning: Pinning) -> Result<()> {
             let c = ceiling_rounds.as_ref()?;
             let mut r: Vec<f64> = t.round_rates.iter().zip(c).map(|(a, c)| a / c.max(f64::EPSILON)).collect();
             r.sort_by(f64::total_cmp);
-            Some(r)
+            // No round in common (a server that failed every round): no figure, no panic.
+            (!r.is_empty()).then_some(r)
         };
         let ratio = |r: f64, c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{:.2}", r / c));
         println!();
